@@ -1,0 +1,116 @@
+"""Strict assembly of Flax params from a foreign checkpoint.
+
+Every converter reads source tensors through `SourceTensors` (which remembers what it handed
+out) and writes Flax leaves by path; `assemble` then compares against the shapes the module
+itself declares (`jax.eval_shape` of its init, no compute) and raises one error naming every
+missing, unexpected and shape-mismatched key, so a wrong checkpoint is diagnosed in one go.
+"""
+from typing import Any, Iterable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint does not fit the model: the message lists every offending key."""
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+  if hasattr(value, "detach"):  # torch.Tensor, without importing torch here.
+    value = value.detach().cpu()
+    if str(value.dtype) == "torch.bfloat16":
+      value = value.float()
+    value = value.numpy()
+  return np.asarray(value)
+
+
+class SourceTensors:
+  """A read-only view of a source state dict that records which keys were consumed."""
+
+  def __init__(self, state_dict: Mapping[str, Any], strip_prefix: str = ""):
+    self._tensors = {k[len(strip_prefix):] if strip_prefix and k.startswith(strip_prefix) else k: v
+                     for k, v in state_dict.items()}
+    self._used: set[str] = set()
+    self.missing: list[str] = []
+
+  def __contains__(self, key: str) -> bool:
+    return key in self._tensors
+
+  def keys(self) -> list[str]:
+    return list(self._tensors)
+
+  def take(self, key: str) -> np.ndarray | None:
+    """Returns the tensor as float32 NumPy and marks it used; records it missing if absent."""
+    if key not in self._tensors:
+      self.missing.append(key)
+      return None
+    self._used.add(key)
+    return _to_numpy(self._tensors[key]).astype(np.float32)
+
+  def skip(self, *keys: str) -> None:
+    """Marks keys as knowingly ignored (e.g. buffers the Flax model recomputes)."""
+    self._used.update(k for k in keys if k in self._tensors)
+
+  def unused(self) -> list[str]:
+    return sorted(set(self._tensors) - self._used)
+
+
+def expected_shapes(module: nn.Module, *init_args, **init_kwargs) -> dict[str, tuple[int, ...]]:
+  """Param shapes of `module`, flattened to 'a/b/c' paths, computed without any FLOPs."""
+  variables = jax.eval_shape(
+      lambda: module.init(jax.random.key(0), *init_args, **init_kwargs))
+  flat = traverse_util.flatten_dict(variables["params"], sep="/")
+  return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def assemble(expected: Mapping[str, tuple[int, ...]],
+             produced: Mapping[str, np.ndarray | None],
+             source: SourceTensors | None = None,
+             what: str = "checkpoint") -> dict:
+  """Checks `produced` ('a/b/c' -> array) against `expected` shapes and nests it.
+
+  Raises CheckpointMismatchError listing missing source keys, Flax params no source key
+  filled, source keys nothing consumed, and shape mismatches, all at once.
+  """
+  problems: list[str] = []
+  if source is not None and source.missing:
+    problems.append("missing in checkpoint: " + ", ".join(sorted(set(source.missing))))
+  not_filled = sorted(k for k in expected if produced.get(k) is None)
+  if not_filled and not (source is not None and source.missing):
+    problems.append("model params not filled: " + ", ".join(not_filled))
+  unknown = sorted(k for k in produced if k not in expected)
+  if unknown:
+    problems.append("params the model does not have: " + ", ".join(unknown))
+  if source is not None and source.unused():
+    problems.append("unexpected in checkpoint: " + ", ".join(source.unused()))
+  mismatched = [f"{k} (checkpoint {tuple(v.shape)} vs model {expected[k]})"
+                for k, v in produced.items()
+                if v is not None and k in expected and tuple(v.shape) != expected[k]]
+  if mismatched:
+    problems.append("shape mismatch: " + ", ".join(mismatched))
+  if problems:
+    raise CheckpointMismatchError(f"The {what} does not fit the model:\n  " +
+                                  "\n  ".join(problems))
+  return traverse_util.unflatten_dict(
+      {k: jnp.asarray(v, jnp.float32) for k, v in produced.items()}, sep="/")
+
+
+def load_torch_file(path: str) -> dict:
+  """Loads a .pth/.pt/.bin or .safetensors state dict on the CPU, unwrapping common nests."""
+  path = str(path)
+  if path.endswith(".safetensors"):
+    from safetensors.numpy import load_file
+    return dict(load_file(path))
+  import torch
+  state = torch.load(path, map_location="cpu", weights_only=True)
+  for wrapper in ("model", "state_dict", "teacher", "module"):
+    if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+      state = state[wrapper]
+  return dict(state)
+
+
+def first_present(source: SourceTensors, candidates: Iterable[str]) -> str | None:
+  return next((k for k in candidates if k in source), None)

@@ -1,0 +1,7 @@
+"""Flax backbones that return dicts of named features, and the registry naming them.
+
+Every backbone maps NHWC normalised float images to a dict with at least
+`x_norm_clstoken` (B, D), the global feature, and `x_norm_patchtokens` (B, N, D), the final
+token grid in row-major order (DINOv2's names, used for CNNs too).
+"""
+from kt_jax.models.registry import IMAGENET_MEAN, IMAGENET_STD, InputSpec, create, input_spec, names, register
