@@ -1,0 +1,72 @@
+"""Labelled tasks built from the real images that ship in packages (see `shipped.py`).
+
+`mnist`: few-shot digits (N labels per class, a held-out test split).
+`photos`: crops of the shipped colour photos, labelled by the photo they come from.
+`cifar10`: the 20 CIFAR-10 test images in the foolbox wheel, split half/half (tiny: a smoke test).
+"""
+import dataclasses
+from typing import Any, Mapping
+
+import numpy as np
+
+from kt_jax.data import shipped
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledTask:
+  name: str
+  train_images: np.ndarray  # uint8 (N, H, W, 3)
+  train_labels: np.ndarray  # int (N,)
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  class_names: tuple[str, ...]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
+  """Train/test indices with each class split in the same proportion."""
+  rng = np.random.default_rng(seed)
+  train, test = [], []
+  for c in np.unique(labels):
+    idx = rng.permutation(np.flatnonzero(labels == c))
+    n_test = max(1, int(round(len(idx) * test_fraction)))
+    test.extend(idx[:n_test])
+    train.extend(idx[n_test:])
+  return np.sort(np.array(train)), np.sort(np.array(test))
+
+
+def _mnist(options, seed):
+  tr_x, tr_y, te_x, te_y = shipped.mnist_fewshot(options.get("labels_per_class", 10),
+                                                 options.get("test_per_class", 100), seed)
+  return LabelledTask("mnist", tr_x, tr_y, te_x, te_y, tuple(str(i) for i in range(10)))
+
+
+def _photos(options, seed):
+  images, labels, names = shipped.photo_crops(options.get("crops_per_photo", 24),
+                                              options.get("crop_size", 96), seed)
+  train, test = stratified_split(labels, options.get("test_fraction", 0.5), seed)
+  return LabelledTask("photos", images[train], labels[train], images[test], labels[test],
+                      tuple(names))
+
+
+def _cifar10(options, seed):
+  images, labels = shipped.foolbox_images("cifar10")
+  names = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+           "truck")
+  rng = np.random.default_rng(seed)
+  order = rng.permutation(len(labels))
+  half = len(order) // 2
+  return LabelledTask("cifar10", images[order[:half]], labels[order[:half]],
+                      images[order[half:]], labels[order[half:]], names)
+
+
+_BUILDERS = {"mnist": _mnist, "photos": _photos, "cifar10": _cifar10}
+
+
+def build(name: str, options: Mapping[str, Any] | None = None, seed: int = 0) -> LabelledTask:
+  if name not in _BUILDERS:
+    raise ValueError(f"Unknown task {name!r}; known: {', '.join(_BUILDERS)}")
+  return _BUILDERS[name](dict(options or {}), seed)

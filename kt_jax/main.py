@@ -1,0 +1,26 @@
+"""Entry point: `python -m kt_jax.main --config=configs/<name>.py --workdir=<dir>`.
+
+Flags and process setup only; the config's `stage` names the importable function that runs.
+Override any config field on the command line, e.g. `--config.batch_size=64`; a key the
+config does not have is an error before anything is computed.
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from kt_jax import stages
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs and checkpoints.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.INFO)
+  stages.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

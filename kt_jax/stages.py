@@ -1,0 +1,53 @@
+"""Stages a config can name, and the one function that runs them.
+
+A stage is an importable function `fn(config, workdir) -> dict` (its summary). Each writes
+only inside its workdir; a finished stage leaves `summary.json` there.
+"""
+import importlib
+import json
+import os
+import time
+
+from absl import logging
+
+_STAGES = {
+    "frozen_eval": "kt_jax.eval.frozen:run",
+}
+
+SUMMARY_FILE = "summary.json"
+
+
+def resolve(stage: str):
+  if stage not in _STAGES:
+    raise ValueError(f"Unknown stage {stage!r}; known stages: {', '.join(sorted(_STAGES))}")
+  module_name, _, fn_name = _STAGES[stage].partition(":")
+  return getattr(importlib.import_module(module_name), fn_name)
+
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates the workdir, failing early with a clear message if it cannot be written."""
+  workdir = os.path.abspath(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_probe")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise SystemExit(f"Workdir {workdir} is not writable: {e.strerror}. Pass another --workdir.")
+  return workdir
+
+
+def run(config, workdir: str) -> dict:
+  fn = resolve(config.stage)  # Unknown stage: fail before touching the disk.
+  workdir = prepare_workdir(workdir)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  start = time.time()
+  summary = fn(config, workdir)
+  summary = dict(summary, stage=config.stage, seconds=round(time.time() - start, 1))
+  with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
+    json.dump(summary, f, indent=2)
+  logging.info("Stage %s done in %.1f s; summary in %s", config.stage, summary["seconds"],
+               os.path.join(workdir, SUMMARY_FILE))
+  return summary
