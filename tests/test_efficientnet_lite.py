@@ -1,0 +1,143 @@
+"""EfficientNet-Lite port vs the real `efficientnet_lite_pytorch` code and shipped weights."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from efficientnet_lite_pytorch import EfficientNet
+from PIL import Image
+
+from kt_jax.convert import efficientnet_lite as convert_lite
+from kt_jax.convert import strict
+from kt_jax.models import efficientnet_lite  # noqa: F401  (registers the variants)
+from kt_jax.models import registry
+
+CAT_CLASSES = range(281, 286)
+ESPRESSO = 967
+
+
+def photo(name: str, variant: str) -> np.ndarray:
+  """TF-style eval crop (central size/(size+32) of the short side, bicubic), normalised."""
+  spec = registry.input_spec(variant)
+  img = getattr(skimage.data, name)()
+  h, w = img.shape[:2]
+  side = round(min(h, w) * spec.image_size / (spec.image_size + 32))
+  top, left = (h - side) // 2, (w - side) // 2
+  img = Image.fromarray(img[top:top + side, left:left + side])
+  img = np.asarray(img.resize((spec.image_size,) * 2, Image.BICUBIC), np.float32) / 255
+  return ((img - np.array(spec.mean)) / np.array(spec.std)).astype(np.float32)[None]
+
+
+def torch_reference(variant: str, dynamic_padding: bool = False):
+  """The package's own model with the shipped weights; dynamic padding for any input size."""
+  name = variant.replace("_", "-")
+  overrides = {"image_size": None} if dynamic_padding else {}
+  model = EfficientNet.from_name(name, **overrides)
+  model.load_state_dict(torch.load(convert_lite.shipped_path(variant), weights_only=True))
+  return model.eval()
+
+
+def torch_outputs(model, x: np.ndarray) -> dict:
+  with torch.no_grad():
+    fm = model.extract_features(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+    logits = model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+  fm = fm.numpy().transpose(0, 2, 3, 1)
+  return {"feature_map": fm, "x_norm_clstoken": fm.mean((1, 2)), "logits": logits.numpy()}
+
+
+def max_rel_diff(ours: dict, ref: dict) -> dict:
+  return {k: float(np.abs(np.asarray(ours[k]) - v).max() / np.abs(v).max())
+          for k, v in ref.items()}
+
+
+@pytest.fixture(scope="module")
+def lite0():
+  return convert_lite.load_shipped("efficientnet_lite0")
+
+
+def compare(variant: str, size: int, loaded=None) -> tuple[dict, dict]:
+  """Flax and PyTorch outputs for [noise, chelsea, coffee] at the variant's resolution."""
+  module, variables = loaded or convert_lite.load_shipped(variant)
+  x = np.concatenate([np.random.RandomState(0).randn(1, size, size, 3).astype(np.float32),
+                      photo("chelsea", variant), photo("coffee", variant)])
+  return jax.jit(module.apply)(variables, x), torch_outputs(torch_reference(variant), x)
+
+
+@pytest.fixture(scope="module")
+def lite0_outputs(lite0):
+  return compare("efficientnet_lite0", 224, lite0)
+
+
+def check(ours: dict, ref: dict):
+  diffs = max_rel_diff(ours, ref)
+  assert all(d < 1e-4 for d in diffs.values()), diffs
+  top1 = np.asarray(jnp.argmax(ours["logits"], -1))
+  assert top1[1] in CAT_CLASSES, top1
+  assert top1[2] == ESPRESSO, top1
+
+
+def test_lite0_matches_pytorch_reference_and_classifies_photos(lite0_outputs):
+  check(*lite0_outputs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant,size", [("efficientnet_lite1", 240),
+                                          ("efficientnet_lite2", 260)])
+def test_lite1_lite2_match_pytorch_reference_and_classify_photos(variant, size):
+  check(*compare(variant, size))
+
+
+def test_non_square_input_matches_dynamic_padding_reference(lite0):
+  module, variables = lite0
+  x = np.random.RandomState(1).randn(1, 100, 164, 3).astype(np.float32)
+  out = jax.jit(module.apply)(variables, x)
+  b, h, w, c = out["feature_map"].shape
+  assert (h, w) == (4, 6)  # ceil(100 / 32), ceil(164 / 32): TF "same" rounds up.
+  assert out["x_norm_patchtokens"].shape == (b, h * w, c)
+  np.testing.assert_array_equal(out["x_norm_patchtokens"][:, w + 1],
+                                out["feature_map"][:, 1, 1])  # Row-major flattening.
+  ref = torch_outputs(torch_reference("efficientnet_lite0", dynamic_padding=True), x)
+  diffs = max_rel_diff(out, ref)
+  assert all(d < 1e-4 for d in diffs.values()), diffs
+
+
+def test_mismatched_checkpoint_names_every_bad_key():
+  state = dict(torch.load(convert_lite.shipped_path("efficientnet_lite0"), weights_only=True))
+  del state["_blocks.3._bn1.running_var"]
+  state["_blocks.5._expand_konv.weight"] = state.pop("_blocks.5._expand_conv.weight")
+  state["_fc.weight"] = state["_fc.weight"][:10]
+  assert convert_lite.matches(state)
+  with pytest.raises(strict.CheckpointMismatchError) as info:
+    convert_lite.convert(state, "efficientnet_lite0")
+  message = str(info.value)
+  for key in ("_blocks.3._bn1.running_var", "_blocks.5._expand_conv.weight",
+              "_blocks.5._expand_konv.weight", "_fc.weight"):
+    assert key in message, message
+
+
+def test_matches_only_the_lite_layout():
+  lite = strict.load_torch_file(convert_lite.shipped_path("efficientnet_lite0")).keys()
+  assert convert_lite.matches(lite)
+  assert not convert_lite.matches(list(lite) + ["_blocks.0._se_reduce.weight"])
+  assert not convert_lite.matches(["features.0.0.weight", "classifier.1.weight"])
+
+
+def test_train_mode_updates_batch_stats(lite0):
+  module, variables = lite0
+  train_step = jax.jit(lambda v, x, rng: module.apply(
+      v, x, train=True, mutable=["batch_stats"], rngs={"dropout": rng}))
+  out, updates = train_step(variables, jnp.ones((2, 32, 32, 3)), jax.random.key(1))
+  assert out["logits"].shape == (2, 1000)
+  before = jax.tree.leaves(variables["batch_stats"])
+  after = jax.tree.leaves(updates["batch_stats"])
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+
+
+def test_registry_input_specs():
+  sizes = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+  for name, size in sizes.items():
+    spec = registry.input_spec(name)
+    assert spec.image_size == size
+    np.testing.assert_allclose(spec.mean, [127 / 255] * 3)
+    np.testing.assert_allclose(spec.std, [128 / 255] * 3)
