@@ -22,7 +22,7 @@ def get_config():
   c.tasks = ("mnist", "photos")
   c.task_options = ml_collections.ConfigDict({
       "mnist": {"labels_per_class": 10, "test_per_class": 100},
-      "photos": {"crops_per_photo": 24, "crop_size": 96, "test_fraction": 0.5},
+      "photos": {"crops_per_photo": 24, "crop_size": 96},
       "cifar10": {},
   })
   c.knn = ml_collections.ConfigDict({"k": 20, "temperature": 0.07})

@@ -5,3 +5,6 @@ Every backbone maps NHWC normalised float images to a dict with at least
 token grid in row-major order (DINOv2's names, used for CNNs too).
 """
 from kt_jax.models.registry import IMAGENET_MEAN, IMAGENET_STD, InputSpec, create, input_spec, names, register
+
+# Importing the model modules registers their variants.
+from kt_jax.models import efficientnet_lite, mobilenet_v2, resnet, vit  # noqa: E402,F401

@@ -1,0 +1,121 @@
+"""PyTorch ResNet state dicts (Hugging Face or torchvision layout) into `kt_jax.models.resnet`.
+
+The walk goes over the Flax leaves the module declares and asks each layout for the source
+key of that leaf, so every Flax leaf is looked up exactly once; `strict.assemble` then reports
+missing, unexpected and shape-mismatched keys together. Hugging Face's `ResNetModel` equals
+torchvision v1.5 only with `downsample_in_first_stage=False, downsample_in_bottleneck=False`
+(its defaults); a checkpoint trained with other settings has the same keys and shapes, so that
+is the one thing this converter cannot detect.
+"""
+import re
+from typing import Any, Callable, Iterable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from kt_jax.convert import strict
+from kt_jax.models import registry
+from kt_jax.models import resnet as _resnet  # noqa: F401  (registers the variants)
+
+_HF_PREFIX = "resnet."  # ResNetForImageClassification nests ResNetModel here.
+_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias",
+               "mean": "running_mean", "var": "running_var"}
+_BLOCK = re.compile(r"layer(\d+)_(\d+)")
+
+
+def matches_huggingface(keys: Iterable[str]) -> bool:
+  return any(k.endswith("embedder.embedder.convolution.weight") for k in keys)
+
+
+def matches_torchvision(keys: Iterable[str]) -> bool:
+  keys = set(keys)
+  return "conv1.weight" in keys and "layer1.0.conv1.weight" in keys
+
+
+def matches(keys: Iterable[str]) -> bool:
+  """True for a ResNet state dict in either layout this module reads."""
+  keys = list(keys)
+  return matches_huggingface(keys) or matches_torchvision(keys)
+
+
+def _torchvision_module(parts: tuple[str, ...]) -> str:
+  """('layer2_0', 'downsample_bn') -> 'layer2.0.downsample.1'; stem and fc keep their names."""
+  if len(parts) == 1:
+    return parts[0]
+  block, layer = parts
+  stage, index = _BLOCK.fullmatch(block).groups()
+  layer = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}.get(layer, layer)
+  return f"layer{stage}.{index}.{layer}"
+
+
+def _hf_kind(name: str) -> str:
+  return "convolution" if "conv" in name else "normalization"
+
+
+def _huggingface_module(parts: tuple[str, ...]) -> str:
+  """('layer2_0', 'bn3') -> 'encoder.stages.1.layers.0.layer.2.normalization'."""
+  if len(parts) == 1:
+    if parts[0] == "fc":
+      return "classifier.1"
+    return f"embedder.embedder.{_hf_kind(parts[0])}"
+  block, layer = parts
+  stage, index = _BLOCK.fullmatch(block).groups()
+  prefix = f"encoder.stages.{int(stage) - 1}.layers.{index}"
+  if layer.startswith("downsample"):
+    return f"{prefix}.shortcut.{_hf_kind(layer)}"
+  return f"{prefix}.layer.{int(layer[-1]) - 1}.{_hf_kind(layer)}"
+
+
+def _to_flax(leaf: str, tensor: np.ndarray | None, expected_ndim: int) -> np.ndarray | None:
+  """OIHW -> HWIO for convs, (out, in) -> (in, out) for the head; wrong ranks pass through
+  untouched so `assemble` reports them as shape mismatches rather than crashing here."""
+  if tensor is None or leaf != "kernel" or tensor.ndim != expected_ndim:
+    return tensor
+  return tensor.transpose(2, 3, 1, 0) if tensor.ndim == 4 else tensor.T
+
+
+def _expected_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+  """Shapes of 'params/...' and 'batch_stats/...' leaves, traced without compute."""
+  variables = jax.eval_shape(
+      lambda: module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32)))
+  return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(variables, sep="/").items()}
+
+
+def _num_classes(source: strict.SourceTensors, head_key: str) -> int:
+  return int(np.shape(source.take(head_key))[0]) if head_key in source else 0
+
+
+def _source(state_dict: Mapping[str, Any]) -> tuple[strict.SourceTensors, Callable, str]:
+  keys = list(state_dict)
+  if matches_huggingface(keys):
+    prefix = _HF_PREFIX if any(k.startswith(_HF_PREFIX) for k in keys) else ""
+    return strict.SourceTensors(state_dict, prefix), _huggingface_module, "classifier.1.weight"
+  if matches_torchvision(keys):
+    return strict.SourceTensors(state_dict), _torchvision_module, "fc.weight"
+  raise strict.CheckpointMismatchError(
+      "Not a ResNet state dict in Hugging Face or torchvision layout; first keys: " +
+      ", ".join(keys[:8]))
+
+
+def convert(state_dict: Mapping[str, Any], variant_name: str,
+            **overrides) -> tuple[nn.Module, dict]:
+  """Returns (module, {'params', 'batch_stats'}) for registered variant `variant_name`.
+
+  The head size comes from the checkpoint (0 when it has none); `overrides` (e.g. dtype)
+  go to the module constructor. Raises CheckpointMismatchError naming every bad key.
+  """
+  source, module_key, head_key = _source(state_dict)
+  module = registry.create(variant_name, num_classes=_num_classes(source, head_key), **overrides)
+  expected = _expected_shapes(module)
+  produced = {}
+  for path, shape in expected.items():
+    _, *modules, leaf = path.split("/")
+    tensor = source.take(f"{module_key(tuple(modules))}.{_LEAF_NAMES[leaf]}")
+    produced[path] = _to_flax(leaf, tensor, len(shape))
+  source.skip(*(k for k in source.keys() if k.endswith("num_batches_tracked")))
+  variables = strict.assemble(expected, produced, source,
+                              what=f"ResNet state dict for {variant_name!r}")
+  return module, variables

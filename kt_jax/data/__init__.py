@@ -1,0 +1,1 @@
+"""Datasets built from files on disk: no download is ever needed."""
