@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kt_jax.models import registry
+from kt_jax.models import layers, registry
 
 _BN_MOMENTUM = 0.99  # TF convention; the PyTorch port's momentum=0.01 is the same thing.
 _BN_EPS = 1e-3
@@ -60,8 +60,11 @@ def block_specs(width: float, depth: float) -> list[BlockSpec]:
 
 
 def _conv(features: int, kernel: int, name: str, dtype: Any, stride: int = 1,
-          groups: int = 1) -> nn.Conv:
+          groups: int = 1) -> nn.Module:
   # lax's "SAME" pads (total // 2, total - total // 2), exactly as Conv2d*SamePadding does.
+  if groups > 1 and groups == features:
+    return layers.DepthwiseConv(kernel, stride, "SAME", kernel_init=_conv_init, dtype=dtype,
+                                name=name)
   return nn.Conv(features, (kernel, kernel), strides=stride, padding="SAME",
                  feature_group_count=groups, use_bias=False, kernel_init=_conv_init,
                  dtype=dtype, name=name)

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kt_jax.models import registry
+from kt_jax.models import layers, registry
 
 _BN_MOMENTUM = 0.9  # PyTorch momentum 0.1.
 _BN_EPS = 1e-5
@@ -53,9 +53,14 @@ class ConvBNReLU6(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     pad = (self.kernel - 1) // 2
-    x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
-                padding=((pad, pad), (pad, pad)), feature_group_count=self.groups,
-                use_bias=False, kernel_init=_conv_init, dtype=self.dtype, name="conv")(x)
+    if self.groups > 1 and self.groups == self.features:
+      conv = layers.DepthwiseConv(self.kernel, self.stride, ((pad, pad), (pad, pad)),
+                                  kernel_init=_conv_init, dtype=self.dtype, name="conv")
+    else:
+      conv = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
+                     padding=((pad, pad), (pad, pad)), feature_group_count=self.groups,
+                     use_bias=False, kernel_init=_conv_init, dtype=self.dtype, name="conv")
+    x = conv(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS,
                      dtype=self.dtype, name="bn")(x)
     return jax.nn.relu6(x) if self.activation else x

@@ -1,0 +1,65 @@
+"""Layers shared by the CNNs.
+
+`DepthwiseConv` exists for speed: XLA:CPU runs grouped convolutions (feature_group_count =
+channels) 5-10x slower than the same arithmetic written as k*k shifted multiply-adds, which
+it fuses into one loop. On GPU/TPU the native grouped convolution is used. Parameters are
+those of `nn.Conv(..., feature_group_count=C)`: a (k, k, 1, C) kernel, so checkpoints and
+param paths do not depend on the backend.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """TF/lax "SAME": output ceil(size / stride), the odd pixel padded at the end."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+class DepthwiseConv(nn.Module):
+  kernel_size: int
+  strides: int = 1
+  padding: Any = "SAME"  # "SAME" or ((top, bottom), (left, right))
+  use_bias: bool = False
+  kernel_init: Any = nn.initializers.lecun_normal()
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    k, s, c = self.kernel_size, self.strides, x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (k, k, 1, c)).astype(self.dtype)
+    x = x.astype(self.dtype)
+    if self.padding == "SAME":
+      pads = (same_padding(x.shape[1], k, s), same_padding(x.shape[2], k, s))
+    else:
+      pads = tuple(tuple(p) for p in self.padding)
+    if jax.default_backend() == "cpu":
+      y = _shifted_depthwise(x, kernel, s, pads)
+    else:
+      y = lax.conv_general_dilated(x, kernel, (s, s), pads, feature_group_count=c,
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (c,)).astype(self.dtype)
+    return y
+
+
+def _shifted_depthwise(x, kernel, stride, pads):
+  b, h, w, c = x.shape
+  k = kernel.shape[0]
+  x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  out_h = (h + sum(pads[0]) - k) // stride + 1
+  out_w = (w + sum(pads[1]) - k) // stride + 1
+  acc = None
+  for i in range(k):
+    for j in range(k):
+      window = lax.slice(x, (0, i, j, 0),
+                         (b, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
+                         (1, stride, stride, 1))
+      term = window * kernel[i, j, 0]
+      acc = term if acc is None else acc + term
+  return acc
