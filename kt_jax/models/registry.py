@@ -38,6 +38,12 @@ def input_spec(name: str) -> InputSpec:
   return _INPUTS[name]
 
 
+def input_spec_or_default(name_or_path: str, image_size: int = 0) -> InputSpec:
+  """A registered model's own spec, else ImageNet normalisation; `image_size` > 0 overrides."""
+  spec = _INPUTS.get(name_or_path, InputSpec())
+  return dataclasses.replace(spec, image_size=image_size) if image_size else spec
+
+
 def _check_known(name: str) -> None:
   if name not in _MODELS:
     raise KeyError(f"Unknown model {name!r}. Known models: {', '.join(sorted(_MODELS))}")
