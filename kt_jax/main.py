@@ -4,6 +4,8 @@ Flags and process setup only; the config's `stage` names the importable function
 Override any config field on the command line, e.g. `--config.batch_size=64`; a key the
 config does not have is an error before anything is computed.
 """
+import logging as std_logging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -15,10 +17,19 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs and check
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Keeps INFO lines from orbax/grain internals out of the console; warnings still show."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or not any(
+        f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "jax"))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   stages.run(_CONFIG.value, _WORKDIR.value)
 
 

@@ -53,3 +53,44 @@ def pad_to_multiple(x: np.ndarray, multiple: int) -> tuple[np.ndarray, int]:
   if target == n:
     return x, n
   return np.concatenate([x, np.repeat(x[-1:], target - n, axis=0)]), n
+
+
+def _auto_fsdp_spec(shape, mesh: Mesh) -> P:
+  """Shards the largest dimension divisible by the fsdp axis; replicates small leaves."""
+  size = mesh.shape.get("fsdp", 1)
+  if size == 1 or not shape or math.prod(shape) < 2**14:
+    return P()
+  dims = sorted(range(len(shape)), key=lambda d: -shape[d])
+  for d in dims:
+    if shape[d] % size == 0:
+      return P(*[("fsdp" if i == d else None) for i in range(len(shape))])
+  return P()
+
+
+def tree_shardings(tree, mesh: Mesh, rules=()):
+  """NamedShardings for a pytree from (regex, spec) rules matched against 'a/b/c' leaf paths.
+
+  The first matching rule wins; a spec is a tuple of mesh axis names/None per dimension, or
+  the string "fsdp" for automatic sharding of the largest divisible dimension. Leaves no rule
+  matches are replicated. The same rules serve params, optimizer state and EMA, whose paths
+  contain the parameter paths.
+  """
+  import re
+  compiled = [(re.compile(pattern), spec) for pattern, spec in rules]
+
+  def leaf_sharding(path, leaf):
+    name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+    shape = getattr(leaf, "shape", ())
+    for pattern, spec in compiled:
+      if pattern.search(name):
+        if spec == "fsdp":
+          return NamedSharding(mesh, _auto_fsdp_spec(shape, mesh))
+        return NamedSharding(mesh, P(*spec))
+    return NamedSharding(mesh, P())
+  return jax.tree_util.tree_map_with_path(leaf_sharding, tree)
+
+
+def global_batch(local_batch, mesh: Mesh):
+  """Each process's slice of the batch -> one global array split over the data axes."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)

@@ -12,6 +12,7 @@ from absl import logging
 
 _STAGES = {
     "frozen_eval": "kt_jax.eval.frozen:run",
+    "proteus": "kt_jax.objectives.proteus_stage:run",
 }
 
 SUMMARY_FILE = "summary.json"

@@ -256,3 +256,13 @@ def test_randaugment_output_is_one_of_the_ops(chelsea):
   assert len(seen) >= 12  # Uniform over 15 ops; some coincide on this image.
   unchanged = ra.RandAugment(prob=0.0).apply(small, rng)
   np.testing.assert_array_equal(unchanged, small)
+
+
+def test_posterize_to_zero_bits_is_black_as_old_pil():
+  """timm's PosterizeIncreasing reaches 0 bits at magnitude 10; old PIL gave black there."""
+  from PIL import Image
+  from kt_jax.data import randaugment
+  img = Image.fromarray(np.full((4, 4, 3), 200, np.uint8))
+  out = np.asarray(randaugment.apply_op(img, "PosterizeIncreasing", 0, (0, 0, 0),
+                                        Image.BICUBIC))
+  assert out.shape == (4, 4, 3) and not out.any()

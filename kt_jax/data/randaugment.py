@@ -78,7 +78,11 @@ def apply_op(img: Image.Image, name: str, arg, fill=FILL,
   if name == "Rotate":
     return img.rotate(arg, resample=resample, fillcolor=fill)
   if name.startswith("Posterize"):
-    return img if arg >= 8 else ImageOps.posterize(img, arg)
+    if arg >= 8:
+      return img
+    if arg <= 0:  # timm's increasing posterize reaches 0 bits at magnitude 10: older PIL
+      return Image.new(img.mode, img.size)  # masked every bit (black); PIL 13 refuses 0.
+    return ImageOps.posterize(img, arg)
   if name.startswith("SolarizeAdd"):
     lut = [min(255, i + arg) if i < 128 else i for i in range(256)]
     return img.point(lut * len(img.getbands()))

@@ -1,0 +1,84 @@
+"""The keys every training config has, with their defaults; config files start from these.
+
+Configs live in `configs/*.py` (each with a docstring giving its exact command) and only
+change what differs. ml_collections refuses unknown keys, so a typo on the command line
+(`--config.batch_szie=8`) fails before any compute.
+"""
+import ml_collections
+
+
+def training_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.stage = ""
+  c.seed = 0
+  c.batch_size = 1024          # global, over all devices and processes
+  c.total_steps = 0            # 0: derived from `epochs`
+  c.epochs = 0.0
+  c.image_size = 224
+  c.compute_dtype = "float32"  # or "bfloat16": student and teacher compute, params stay fp32
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 1000
+  c.eval_every_steps = 0       # 0: evaluate at the end only
+  c.keep_checkpoints = 3
+  c.async_checkpoints = True
+  c.mesh = ml_collections.ConfigDict({"data": -1})  # axis -> size; -1: remaining devices
+  # (regex on 'params/student/blocks_0/attn/qkv/kernel'-style paths, spec per dimension or
+  # "fsdp" for the largest divisible dimension); unmatched leaves are replicated.
+  c.sharding_rules = ()
+  c.ema_decay = 0.0
+  c.init_from = ""             # weight inheritance: a checkpoint to initialise the student from
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.lr = 5e-4
+  c.optimizer.lr_base_batch = 512  # DeiT's linear scaling: lr * batch / 512; 0 disables
+  c.optimizer.warmup_steps = 0
+  c.optimizer.warmup_epochs = 0.0
+  c.optimizer.warmup_init = 1e-6
+  c.optimizer.min_lr = 1e-5
+  c.optimizer.weight_decay = 0.05
+  c.optimizer.no_decay_names = ("pos_embed", "cls_token", "mask_token", "register_tokens")
+  c.optimizer.grad_clip_norm = 0.0
+  c.optimizer.layer_decay = 0.0
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "image_folder"   # image_folder | arrayrecord | shipped_pool
+  c.data.path = ""
+  c.data.split = "train"
+  c.data.pool_size = 512
+  c.data.pool_crop_size = 160
+  c.data.workers = 0
+  c.data.repeated_augmentation = 1
+  c.data.mean = (0.485, 0.456, 0.406)
+  c.data.std = (0.229, 0.224, 0.225)
+  c.data.augment = ml_collections.ConfigDict({
+      "scale": (0.08, 1.0), "hflip": 0.5, "randaugment": "rand-m9-mstd0.5-inc1",
+      "random_erasing": 0.25})
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.tasks = ()                # shipped tasks: mnist, photos, cifar10
+  c.eval.task_options = ml_collections.ConfigDict({
+      "mnist": {"labels_per_class": 10, "test_per_class": 50},
+      "photos": {"crops_per_photo": 16, "crop_size": 96},
+      "cifar10": {}})
+  c.eval.seed = 0
+  c.eval.batch_size = 128
+  c.eval.knn_k = 20
+  c.eval.knn_temperature = 0.07
+  c.eval.feature = "x_norm_clstoken"
+  c.eval.before_training = True
+  return c
+
+
+def proteus_config() -> ml_collections.ConfigDict:
+  c = training_config()
+  c.stage = "proteus"
+  c.teacher = ml_collections.ConfigDict({"path": ""})
+  c.student = ml_collections.ConfigDict({"name": "vit_small_patch14",
+                                         "overrides": ml_collections.ConfigDict()})
+  c.proteus = ml_collections.ConfigDict({
+      "lambda_token": 1.0, "lambda_fea": 1.0, "lambda_patch": 1.0,
+      "mask_probability": 0.5, "mask_ratio": (0.5,), "mask_first_n": True})
+  return c

@@ -1,0 +1,73 @@
+"""config.data -> a resumable stream of this process's batches.
+
+  source: "shipped_pool"  natural-image crops that ship in packages (n, crop_size)
+          "image_folder"  path/ with one subfolder per class, or a flat folder
+          "arrayrecord"   a TFDS ArrayRecord dataset directory (path, split)
+"""
+import os
+
+import jax
+
+from kt_jax.data import pipeline, shipped, sources
+
+
+class DataStream:
+  """An iterator over local batches whose position can be saved and restored."""
+
+  def __init__(self, dataset):
+    self._iterator = iter(dataset)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    return next(self._iterator)
+
+  def get_state(self):
+    return self._iterator.get_state()
+
+  def set_state(self, state) -> None:
+    self._iterator.set_state(state)
+
+  def bad_records(self) -> int:
+    return pipeline.bad_records(self._iterator)
+
+
+def build_source(data_cfg):
+  kind = data_cfg.source
+  if kind == "shipped_pool":
+    return sources.InMemorySource(shipped.unlabelled_pool(data_cfg.pool_size,
+                                                          data_cfg.pool_crop_size, seed=0))
+  if not data_cfg.get("path"):
+    raise ValueError(f"config.data.path is required for data.source={kind!r}.")
+  if not os.path.exists(data_cfg.path):
+    raise FileNotFoundError(f"config.data.path={data_cfg.path!r} does not exist.")
+  if kind == "image_folder":
+    source = sources.ImageFolderSource(data_cfg.path)
+  elif kind == "arrayrecord":
+    source = sources.ArrayRecordSource(data_cfg.path, split=data_cfg.get("split", "train"))
+  else:
+    raise ValueError(f"Unknown data.source {kind!r}: shipped_pool, image_folder or arrayrecord.")
+  if len(source) == 0:
+    raise ValueError(f"No readable image in {data_cfg.path}.")
+  return source
+
+
+def train_transforms(config):
+  aug = config.data.augment
+  return pipeline.proteus_train_transforms(
+      config.image_size, scale=tuple(aug.scale), hflip=aug.hflip,
+      randaugment_config=aug.randaugment or None, re_prob=aug.random_erasing,
+      mean=tuple(config.data.mean), std=tuple(config.data.std))
+
+
+def build_train_stream(config) -> tuple[DataStream, int]:
+  """(stream of local batches, optimizer steps per epoch)."""
+  source = build_source(config.data)
+  repeats = config.data.get("repeated_augmentation", 1)
+  dataset = pipeline.make_train_loader(
+      source, train_transforms(config), config.batch_size, seed=config.seed,
+      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      worker_count=config.data.get("workers", 0), repeated_augmentation=repeats)
+  steps_per_epoch = max(1, len(source) * repeats // config.batch_size)
+  return DataStream(dataset), steps_per_epoch

@@ -1,0 +1,131 @@
+"""Proteus: distil a frozen foundation model into a randomly initialised ViT, without labels.
+
+Follows the official code (BeSpontaneous/Proteus-pytorch, pretrain/models_proteus_dinov2.py):
+three LayerNorm+Linear heads map student tokens to the teacher's width; the student sees the
+plain crop and a masked copy in one batched call; the teacher sees the plain crop once.
+  token: MSE(token_head(student CLS), teacher CLS)
+  fea:   MSE([token_head(CLS), fea_head(patches)], [teacher CLS, teacher patches])
+  patch: MSE(patch_head(masked-view patches), teacher patches) at the masked positions
+"""
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kt_jax.models.registry import InputSpec
+from kt_jax.objectives import losses, masking
+
+
+class ProjectionHead(nn.Module):
+  """nn.Sequential(nn.LayerNorm(d), nn.Linear(d, teacher_d)) of the official code."""
+  out_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(x)  # torch's default eps
+    return nn.Dense(self.out_dim, dtype=self.dtype, name="linear")(x)
+
+
+class ProteusHeads(nn.Module):
+  teacher_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, cls_plain, patches_plain, patches_masked):
+    head = lambda name: ProjectionHead(self.teacher_dim, self.dtype, name=name)
+    return head("token_head")(cls_plain), head("fea_head")(patches_plain), head("patch_head")(
+        patches_masked)
+
+
+def renormalise(x, source: InputSpec, target: InputSpec):
+  """Images normalised for the student -> normalised as the teacher expects (on device)."""
+  if source.mean == target.mean and source.std == target.std:
+    return x
+  mean_s, std_s = jnp.asarray(source.mean), jnp.asarray(source.std)
+  mean_t, std_t = jnp.asarray(target.mean), jnp.asarray(target.std)
+  return ((x * std_s + mean_s) - mean_t) / std_t
+
+
+def token_grid(module: nn.Module, variables, image_size: int) -> tuple[int, int]:
+  """(tokens, width) of a model's patch-token output, from shapes alone (no FLOPs)."""
+  out = jax.eval_shape(lambda v: module.apply(v, jnp.zeros((1, image_size, image_size, 3))),
+                       variables)
+  return out["x_norm_patchtokens"].shape[1], out["x_norm_patchtokens"].shape[2]
+
+
+@dataclasses.dataclass
+class Proteus:
+  student: nn.Module
+  teacher: nn.Module
+  teacher_variables: Any
+  data_spec: InputSpec       # how the pipeline normalises images
+  teacher_spec: InputSpec    # how the teacher wants them
+  image_size: int
+  lambda_token: float = 1.0
+  lambda_fea: float = 1.0
+  lambda_patch: float = 1.0
+  mask_probability: float = 0.5
+  mask_ratio: Any = 0.5
+  mask_first_n: bool = True
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    t_tokens, self.teacher_dim = token_grid(self.teacher, self.teacher_variables, self.image_size)
+    s_vars = jax.eval_shape(lambda: self.student.init(
+        jax.random.key(0), jnp.zeros((1, self.image_size, self.image_size, 3))))
+    s_tokens, _ = token_grid(self.student, s_vars, self.image_size)
+    if s_tokens != t_tokens:
+      raise ValueError(
+          f"At {self.image_size} px the teacher gives {t_tokens} patch tokens and the student "
+          f"{s_tokens}: pick a student patch size (or image size) with the same token grid.")
+    if not hasattr(self.student, "num_register_tokens"):
+      raise ValueError("Proteus' masked view needs a ViT student (with a mask_token).")
+    self.num_patches = s_tokens
+    self.heads = ProteusHeads(self.teacher_dim, self.dtype)
+
+  def init(self, rng, batch):
+    k_student, k_heads = jax.random.split(rng)
+    images = batch["image"][:1]
+    student = self.student.init(k_student, images)
+    s = jax.eval_shape(lambda: self.student.apply(student, images))
+    cls, patches = jnp.zeros(s["x_norm_clstoken"].shape), jnp.zeros(s["x_norm_patchtokens"].shape)
+    heads = self.heads.init(k_heads, cls, patches, patches)
+    return {"student": student["params"], "heads": heads["params"]}, {}
+
+  def frozen(self):
+    return self.teacher_variables
+
+  def loss(self, params, model_state, frozen, batch, rng):
+    images = batch["image"].astype(self.dtype)
+    b = images.shape[0]
+    k_mask, k_drop = jax.random.split(rng)
+    teacher_in = renormalise(images, self.data_spec, self.teacher_spec)
+    teacher = jax.lax.stop_gradient(self.teacher.apply(frozen, teacher_in))
+    masks = masking.proteus_masks(k_mask, b, self.num_patches, self.mask_probability,
+                                  self.mask_ratio, self.mask_first_n)
+    # Both views in one call: first half masked, second half plain (the mask of all False).
+    both = self.student.apply({"params": params["student"]},
+                              jnp.concatenate([images, images]),
+                              jnp.concatenate([masks, jnp.zeros_like(masks)]),
+                              train=True, rngs={"dropout": k_drop})
+    cls_plain = both["x_norm_clstoken"][b:]
+    patches_masked, patches_plain = both["x_norm_patchtokens"][:b], both["x_norm_patchtokens"][b:]
+    token_out, fea_out, patch_out = self.heads.apply({"params": params["heads"]}, cls_plain,
+                                                     patches_plain, patches_masked)
+    terms = losses.proteus_losses(token_out, fea_out, patch_out, teacher["x_norm_clstoken"],
+                                  teacher["x_norm_patchtokens"], masks)
+    terms = {"token_loss": self.lambda_token * terms["token_loss"],
+             "fea_loss": self.lambda_fea * terms["fea_loss"],
+             "patch_loss": self.lambda_patch * terms["patch_loss"]}
+    total = terms["token_loss"] + terms["fea_loss"] + terms["patch_loss"]
+    metrics = dict(terms, masked_share=jnp.mean(masks))
+    return total, (metrics, model_state)
+
+  def feature_model(self, params, model_state):
+    return self.student, {"params": params["student"]}
+
+  def teacher_model(self):
+    return self.teacher, self.teacher_variables

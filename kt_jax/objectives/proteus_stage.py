@@ -1,0 +1,110 @@
+"""The `proteus` stage: build teacher, student, data and evaluators from a config; train."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from kt_jax import convert, models, sharding
+from kt_jax.data import builder
+from kt_jax.eval import evaluators
+from kt_jax.models.registry import InputSpec, input_spec_or_default
+from kt_jax.objectives import proteus
+from kt_jax.train import trainer
+from kt_jax.train.weight_inheritance import inherit
+
+
+def load_teacher(config, dtype):
+  """The frozen teacher, held once, cast to the compute dtype once."""
+  module, variables = convert.load_pretrained(config.teacher.path)
+  if hasattr(module, "dtype"):
+    module = module.clone(dtype=dtype)
+  variables = jax.tree.map(lambda x: jnp.asarray(x, dtype), variables)
+  return module, variables
+
+
+def build_objective(config) -> proteus.Proteus:
+  dtype = jnp.dtype(config.compute_dtype)
+  teacher, teacher_vars = load_teacher(config, dtype)
+  student = models.create(config.student.name, dtype=dtype, **config.student.overrides.to_dict())
+  data_spec = InputSpec(config.image_size, tuple(config.data.mean), tuple(config.data.std))
+  teacher_spec = input_spec_or_default(config.teacher.path, config.image_size)
+  return proteus.Proteus(
+      student=student, teacher=teacher, teacher_variables=teacher_vars, data_spec=data_spec,
+      teacher_spec=teacher_spec, image_size=config.image_size,
+      lambda_token=config.proteus.lambda_token, lambda_fea=config.proteus.lambda_fea,
+      lambda_patch=config.proteus.lambda_patch,
+      mask_probability=config.proteus.mask_probability,
+      mask_ratio=tuple(config.proteus.mask_ratio), mask_first_n=config.proteus.mask_first_n,
+      dtype=dtype)
+
+
+def make_evaluate(config, objective, workdir: str):
+  """Scores the student (and its EMA) on the config's labelled tasks; the teacher once."""
+  if not config.eval.tasks:
+    return None, {}
+  mesh = sharding.make_mesh(config.mesh.to_dict())
+  evaluator = evaluators.KnnLinearProbe(
+      evaluators.build_tasks(config.eval), config.eval.batch_size, config.eval.knn_k,
+      config.eval.knn_temperature, config.eval.feature, config.seed, mesh)
+  student_spec = objective.data_spec
+  teacher_scores = evaluator(*objective.teacher_model(), objective.teacher_spec, "teacher/")
+
+  def evaluate(step, state):
+    module, variables = objective.feature_model(state.params, state.model_state)
+    scores = evaluator(module, variables, student_spec, "student/")
+    if state.ema_params is not None:
+      module, variables = objective.feature_model(state.ema_params, state.model_state)
+      scores.update(evaluator(module, variables, student_spec, "student_ema/"))
+    logging.info("step %d: %s", step, scores)
+    return scores
+
+  return evaluate, teacher_scores
+
+
+def run(config, workdir: str) -> dict:
+  objective = build_objective(config)
+  stream, steps_per_epoch = builder.build_train_stream(config)
+  evaluate, teacher_scores = make_evaluate(config, objective, workdir)
+  before = {}
+  if evaluate is not None and config.eval.get("before_training", True):
+    # Step-0 scores of the freshly initialised student (same seed as the run's init).
+    rng = jax.random.split(jax.random.key(config.seed))[0]
+    sample = {"image": np.zeros((1, config.image_size, config.image_size, 3), np.float32)}
+    params, model_state = objective.init(rng, sample)
+    if config.get("init_from"):
+      params = inherit(params, config.init_from)
+    before = evaluate(0, _Params(params, model_state))
+  last = trainer.train(config, workdir, objective, stream, steps_per_epoch, evaluate,
+                       init_params_hook=(lambda p: inherit(p, config.init_from))
+                       if config.get("init_from") else None)
+  after = {}
+  if os.path.exists(os.path.join(workdir, "eval.jsonl")):
+    with open(os.path.join(workdir, "eval.jsonl")) as f:
+      after = json.loads(f.readlines()[-1])
+  summary = {"final_metrics": last, "teacher": teacher_scores, "student_before": before,
+             "student_after": after, "bad_records": stream.bad_records()}
+  _print_report(summary)
+  return summary
+
+
+class _Params:
+  """Just enough of a TrainState for the evaluator before training starts."""
+
+  def __init__(self, params, model_state):
+    self.params, self.model_state, self.ema_params = params, model_state, None
+
+
+def _print_report(summary):
+  keys = sorted({k.split("/", 1)[1] for k in summary["teacher"]})
+  if not keys:
+    return
+  print(f"\n{'metric':<34}{'teacher':>9}{'student@0':>11}{'student':>9}")
+  for k in keys:
+    cell = lambda d, p: f"{100 * d[p + k]:.1f}%" if p + k in d else "-"
+    print(f"{k:<34}{cell(summary['teacher'], 'teacher/'):>9}"
+          f"{cell(summary['student_before'], 'student/'):>11}"
+          f"{cell(summary['student_after'], 'student/'):>9}")
+  print(f"final loss {summary['final_metrics'].get('loss', float('nan')):.4f}")

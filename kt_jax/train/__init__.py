@@ -1,0 +1,1 @@
+"""The one generic trainer every objective plugs into."""

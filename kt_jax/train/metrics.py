@@ -1,0 +1,96 @@
+"""Where training numbers go: metrics.jsonl, TensorBoard events (no TensorFlow), a progress
+bar with loss, img/s and ETA, and a PNG of the loss curves at the end."""
+import json
+import os
+import time
+
+import numpy as np
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricWriter:
+  def __init__(self, workdir: str, total_steps: int, start_step: int, batch_size: int,
+               enabled: bool = True):
+    self.workdir, self.enabled, self.batch_size = workdir, enabled, batch_size
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard")) if enabled else None
+    self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
+                     dynamic_ncols=True, disable=not enabled)
+    self._last = (time.perf_counter(), start_step)
+    if enabled and start_step == 0 and os.path.exists(self.path):
+      os.remove(self.path)  # a fresh run starts a fresh history
+
+  @property
+  def path(self) -> str:
+    return os.path.join(self.workdir, METRICS_FILE)
+
+  def truncate_after(self, step: int) -> None:
+    """On resume, drop lines logged after the checkpoint we resume from (they will recur)."""
+    if not (self.enabled and os.path.exists(self.path)):
+      return
+    with open(self.path) as f:
+      rows = [line for line in f if json.loads(line)["step"] <= step]
+    with open(self.path, "w") as f:
+      f.writelines(rows)
+
+  def write(self, step: int, metrics: dict) -> None:
+    now, (then, last_step) = time.perf_counter(), self._last
+    rate = (step - last_step) * self.batch_size / max(now - then, 1e-9)
+    self._last = (now, step)
+    if not self.enabled:
+      return
+    row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    for k, v in row.items():
+      if k != "step":
+        self._tb.add_scalar(k, v, step)
+    self._tb.add_scalar("img_per_sec", rate, step)
+    self._bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4g}", img_s=f"{rate:.1f}")
+    self._bar.update(step - self._bar.n)
+
+  def write_eval(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    with open(os.path.join(self.workdir, "eval.jsonl"), "a") as f:
+      f.write(json.dumps({"step": int(step), **metrics}) + "\n")
+    for k, v in metrics.items():
+      if isinstance(v, (int, float)):
+        self._tb.add_scalar(f"eval/{k}", v, step)
+
+  def close(self) -> None:
+    if self.enabled:
+      self._tb.close()
+    self._bar.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, METRICS_FILE)) as f:
+    return [json.loads(line) for line in f]
+
+
+def plot_loss_curves(workdir: str, out_name: str = "loss_curves.png") -> str:
+  """Every *loss* column of metrics.jsonl against step, log-scale, one PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rows = read_metrics(workdir)
+  keys = sorted({k for r in rows for k in r if "loss" in k})
+  fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+  for k in keys:
+    steps = np.array([r["step"] for r in rows if k in r])
+    values = np.array([r[k] for r in rows if k in r])
+    ax.plot(steps, values, label=k, lw=1.5 if k == "loss" else 1.0)
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss")
+  if all(r.get(k, 1) > 0 for r in rows for k in keys):
+    ax.set_yscale("log")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  path = os.path.join(workdir, out_name)
+  fig.savefig(path)
+  plt.close(fig)
+  return path

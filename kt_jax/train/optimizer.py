@@ -1,0 +1,91 @@
+"""AdamW with warmup + cosine, decay masks, optional clipping and layer-wise lr decay.
+
+Built from `config.optimizer`; the schedule is per step (the official DeiT/Proteus code steps
+timm's scheduler once per epoch; per-step is the smooth version of the same curve).
+"""
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+
+def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int,
+                           warmup_init: float, min_lr: float) -> optax.Schedule:
+  """Linear warmup from `warmup_init` to `peak`, then cosine down to `min_lr` at the end."""
+  warmup_steps = min(warmup_steps, total_steps)
+  return optax.join_schedules([
+      optax.linear_schedule(warmup_init, peak, max(warmup_steps, 1)),
+      optax.cosine_decay_schedule(peak, max(total_steps - warmup_steps, 1),
+                                  alpha=min_lr / peak if peak else 0.0),
+  ], [warmup_steps])
+
+
+def _path_str(path) -> str:
+  return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def weight_decay_mask(params, no_decay_names=()) -> Any:
+  """True where weight decay applies: matrices and kernels, not norms, biases or 1-D scales,
+  nor any leaf whose path contains one of `no_decay_names` (e.g. pos_embed, cls_token)."""
+  def decays(path, leaf):
+    name = _path_str(path)
+    return leaf.ndim > 1 and not any(n in name for n in no_decay_names)
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def layer_id(path: str, num_layers: int) -> int:
+  """DINOv2/BEiT layer ids: embeddings 0, block i -> i + 1, everything after -> num_layers + 1."""
+  if m := re.search(r"blocks_(\d+)", path):
+    return int(m.group(1)) + 1
+  if any(n in path for n in ("patch_embed", "pos_embed", "cls_token", "mask_token",
+                             "register_tokens")):
+    return 0
+  return num_layers + 1
+
+
+def layerwise_scale(params, decay: float, num_layers: int):
+  """Per-leaf lr multipliers decay ** (num_layers + 1 - layer_id)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: decay ** (num_layers + 1 - layer_id(_path_str(p), num_layers)), params)
+
+
+def _scale_by_tree(factors) -> optax.GradientTransformation:
+  def update(updates, state, params=None):
+    return jax.tree.map(lambda u, f: u * f, updates, factors), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def peak_learning_rate(opt_cfg, global_batch_size: int) -> float:
+  """DeiT's linear scaling rule: lr * batch / lr_base_batch (0 disables scaling)."""
+  base = opt_cfg.get("lr_base_batch", 0)
+  return opt_cfg.lr * global_batch_size / base if base else opt_cfg.lr
+
+
+def make_optimizer(opt_cfg, params, total_steps: int, warmup_steps: int,
+                   global_batch_size: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  peak = peak_learning_rate(opt_cfg, global_batch_size)
+  schedule = learning_rate_schedule(peak, total_steps, warmup_steps,
+                                    opt_cfg.get("warmup_init", 0.0), opt_cfg.get("min_lr", 0.0))
+  parts = []
+  if opt_cfg.get("grad_clip_norm"):
+    parts.append(optax.clip_by_global_norm(opt_cfg.grad_clip_norm))
+  parts.append(optax.adamw(schedule, b1=opt_cfg.get("b1", 0.9), b2=opt_cfg.get("b2", 0.999),
+                           eps=opt_cfg.get("eps", 1e-8), weight_decay=opt_cfg.weight_decay,
+                           mask=weight_decay_mask(params, tuple(opt_cfg.get("no_decay_names", ())))))
+  if opt_cfg.get("layer_decay"):
+    depth = max((layer_id(_path_str(p), 10**6) for p, _ in
+                 traverse_util.flatten_dict(params).items() if "blocks_" in "/".join(p)),
+                default=0)
+    parts.append(_scale_by_tree(layerwise_scale(params, opt_cfg.layer_decay, depth)))
+  return optax.chain(*parts), schedule
+
+
+def ema_update(ema, params, decay: float):
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p.astype(e.dtype), ema, params)
+
+
+def global_norm(tree) -> jax.Array:
+  return optax.global_norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))

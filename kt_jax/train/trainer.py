@@ -1,0 +1,174 @@
+"""The one generic training loop. An objective supplies models and a pure loss; this file
+supplies the mesh, the compiled and donated train step, the optimizer, checkpoints, resume,
+metrics and evaluation, and knows nothing method-specific.
+"""
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from kt_jax import sharding
+from kt_jax.objectives.base import Objective
+from kt_jax.train import checkpoint, metrics as metrics_lib, optimizer as optimizer_lib
+from kt_jax.train.state import TrainState
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training produced NaN/Inf; the last good checkpoint on disk is left untouched."""
+
+
+@dataclasses.dataclass
+class Schedule:
+  total_steps: int
+  warmup_steps: int
+
+
+def resolve_schedule(config, steps_per_epoch: int) -> Schedule:
+  """Steps from `total_steps`, or from `epochs` x steps per epoch (likewise for warmup)."""
+  total = config.get("total_steps", 0) or int(config.get("epochs", 0) * steps_per_epoch)
+  if total <= 0:
+    raise ValueError("Set config.total_steps or config.epochs to a positive number.")
+  warmup = config.optimizer.get("warmup_steps", 0) or int(
+      config.optimizer.get("warmup_epochs", 0) * steps_per_epoch)
+  return Schedule(total, warmup)
+
+
+def make_train_step(objective: Objective, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, ema_decay: float) -> Callable:
+  def train_step(state: TrainState, batch, frozen):
+    def loss_fn(params):
+      return objective.loss(params, state.model_state, frozen, batch, state.key())
+    (loss, (step_metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = (optimizer_lib.ema_update(state.ema_params, params, ema_decay)
+           if state.ema_params is not None else None)
+    step_metrics = dict(step_metrics, loss=loss, lr=schedule(state.step),
+                        grad_norm=optimizer_lib.global_norm(grads),
+                        param_norm=optimizer_lib.global_norm(params),
+                        update_norm=optimizer_lib.global_norm(updates))
+    new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
+                              opt_state=opt_state, ema_params=ema)
+    return new_state, step_metrics
+  return train_step
+
+
+def first_non_finite(rows: list[tuple[int, dict]]) -> tuple[int, str] | None:
+  for step, row in rows:
+    for name, value in row.items():
+      if not np.all(np.isfinite(value)):
+        return step, name
+  return None
+
+
+def train(config, workdir: str, objective: Objective, loader, steps_per_epoch: int,
+          evaluate: Callable[[int, TrainState], dict] | None = None,
+          init_params_hook: Callable[[Any], Any] | None = None) -> dict:
+  """Runs (or resumes) training to the end; returns the last logged metrics.
+
+  `loader` yields this process's share of each global batch (dicts of NumPy arrays) and has
+  `get_state()`/`set_state()`; `evaluate(step, state)` returns a dict of numbers;
+  `init_params_hook(params)` may replace freshly initialised params (weight inheritance).
+  """
+  mesh = sharding.make_mesh(config.mesh.to_dict())
+  rules = [tuple(r) for r in config.get("sharding_rules", ())]
+  sched = resolve_schedule(config, steps_per_epoch)
+  iterator: Iterator = iter(loader)
+  first_batch = next(iterator)  # shapes for init; restored below so no sample is lost
+  logging.info("Mesh %s, %d steps (%d warmup), global batch %d", dict(mesh.shape),
+               sched.total_steps, sched.warmup_steps, config.batch_size)
+
+  # Initialisation: shapes first (no FLOPs), then shardings, then a jit that creates the
+  # state directly in place on the mesh.
+  sample = jax.tree.map(lambda x: x[:1], first_batch)
+  rng = jax.random.key(config.seed)
+  abstract_params, _ = jax.eval_shape(objective.init, rng, sample)
+  tx, lr_schedule = optimizer_lib.make_optimizer(config.optimizer, abstract_params,
+                                                 sched.total_steps, sched.warmup_steps,
+                                                 config.batch_size)
+  ema_decay = config.get("ema_decay", 0.0)
+
+  def init_state(key):
+    init_key, run_key = jax.random.split(key)
+    params, model_state = objective.init(init_key, sample)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                      opt_state=tx.init(params), ema_params=params if ema_decay else None,
+                      rng=jax.random.key_data(run_key))
+
+  abstract_state = jax.eval_shape(init_state, rng)
+  state_shardings = sharding.tree_shardings(abstract_state, mesh, rules)
+  frozen = objective.frozen()
+  frozen = jax.device_put(frozen, sharding.tree_shardings(frozen, mesh, rules))
+  batch_sharding = sharding.batch_sharding(mesh)
+  step_fn = jax.jit(make_train_step(objective, tx, lr_schedule, ema_decay),
+                    in_shardings=(state_shardings, batch_sharding,
+                                  sharding.tree_shardings(frozen, mesh, rules)),
+                    out_shardings=(state_shardings, sharding.replicated(mesh)),
+                    donate_argnums=(0,))
+
+  # Resume order: (1) the latest complete checkpoint in this workdir, with its data iterator
+  # position; (2) otherwise a fresh state from the seed and the iterator from its start.
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.get("keep_checkpoints", 3),
+                                 async_save=config.get("async_checkpoints", True))
+  is_main = jax.process_index() == 0
+  start_step = ckpt.latest_step() or 0
+  if start_step:
+    state, data_state = ckpt.restore(start_step, checkpoint.abstract_like(abstract_state,
+                                                                          state_shardings))
+    loader.set_state(data_state)
+    iterator = iter(loader)
+    logging.info("Resumed from step %d in %s", start_step, ckpt.directory)
+  else:
+    state = jax.jit(init_state, out_shardings=state_shardings)(rng)
+    if init_params_hook is not None:
+      params = jax.device_put(init_params_hook(state.params), state_shardings.params)
+      state = state.replace(params=params, ema_params=params if ema_decay else None)
+    iterator = _prepend(first_batch, iterator)
+  writer = metrics_lib.MetricWriter(workdir, sched.total_steps, start_step, config.batch_size,
+                                    enabled=is_main)
+  writer.truncate_after(start_step)
+  config_json = config.to_json_best_effort()
+
+  pending: list[tuple[int, Any]] = []
+  last: dict = {}
+  try:
+    for step in range(start_step + 1, sched.total_steps + 1):
+      batch = sharding.global_batch(next(iterator), mesh)
+      state, step_metrics = step_fn(state, batch, frozen)
+      pending.append((step, step_metrics))
+      is_last = step == sched.total_steps
+      save_now = step % config.checkpoint_every_steps == 0 or is_last
+      if step % config.log_every_steps == 0 or save_now:
+        host = [(s, jax.device_get(m)) for s, m in pending]
+        pending.clear()
+        bad = first_non_finite(host)
+        if bad:
+          raise NonFiniteLossError(
+              f"Non-finite {bad[1]} at step {bad[0]}; stopping. The last good checkpoint "
+              f"(step {ckpt.latest_step()}) in {ckpt.directory} is kept.")
+        last = {k: float(v) for k, v in host[-1][1].items()}
+        writer.write(step, last)
+      if save_now:
+        ckpt.save(step, state, loader.get_state(), config_json)
+      every = config.get("eval_every_steps", 0)
+      if evaluate and (is_last or (every and step % every == 0)):
+        writer.write_eval(step, evaluate(step, state))
+  finally:
+    ckpt.close()
+    writer.close()
+  if is_main and os.path.exists(writer.path):
+    metrics_lib.plot_loss_curves(workdir)
+  return last
+
+
+def _prepend(first, rest):
+  yield first
+  yield from rest
