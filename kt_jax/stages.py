@@ -42,11 +42,18 @@ def prepare_workdir(workdir: str) -> str:
 def run(config, workdir: str) -> dict:
   fn = resolve(config.stage)  # Unknown stage: fail before touching the disk.
   workdir = prepare_workdir(workdir)
+  done = os.path.join(workdir, SUMMARY_FILE)
+  if os.path.exists(done):  # A finished stage is not run again; delete the file to redo it.
+    logging.info("Stage %s already finished in %s; skipping.", config.stage, workdir)
+    with open(done) as f:
+      return json.load(f)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
   start = time.time()
   summary = fn(config, workdir)
   summary = dict(summary, stage=config.stage, seconds=round(time.time() - start, 1))
+  if not summary.get("completed", True):  # stopped early on purpose: resumable, not done
+    return summary
   with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
     json.dump(summary, f, indent=2)
   logging.info("Stage %s done in %.1f s; summary in %s", config.stage, summary["seconds"],

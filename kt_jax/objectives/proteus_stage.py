@@ -85,7 +85,8 @@ def run(config, workdir: str) -> dict:
     with open(os.path.join(workdir, "eval.jsonl")) as f:
       after = json.loads(f.readlines()[-1])
   summary = {"final_metrics": last, "teacher": teacher_scores, "student_before": before,
-             "student_after": after, "bad_records": stream.bad_records()}
+             "student_after": after, "bad_records": stream.bad_records(),
+             "completed": bool(last.get("completed", 1.0))}
   _print_report(summary)
   return summary
 

@@ -139,13 +139,17 @@ def train(config, workdir: str, objective: Objective, loader, steps_per_epoch: i
 
   pending: list[tuple[int, Any]] = []
   last: dict = {}
+  step = start_step
   try:
     for step in range(start_step + 1, sched.total_steps + 1):
       batch = sharding.global_batch(next(iterator), mesh)
       state, step_metrics = step_fn(state, batch, frozen)
       pending.append((step, step_metrics))
       is_last = step == sched.total_steps
-      save_now = step % config.checkpoint_every_steps == 0 or is_last
+      # `stop_after_steps`: end this invocation early (with a checkpoint), e.g. to fit a
+      # job's time limit; the same command then resumes where it stopped.
+      stop_now = step == start_step + config.get("stop_after_steps", 0)
+      save_now = step % config.checkpoint_every_steps == 0 or is_last or stop_now
       if step % config.log_every_steps == 0 or save_now:
         host = [(s, jax.device_get(m)) for s, m in pending]
         pending.clear()
@@ -161,11 +165,15 @@ def train(config, workdir: str, objective: Objective, loader, steps_per_epoch: i
       every = config.get("eval_every_steps", 0)
       if evaluate and (is_last or (every and step % every == 0)):
         writer.write_eval(step, evaluate(step, state))
+      if stop_now and not is_last:
+        logging.info("Stopping after %d steps at step %d, as configured.", step - start_step, step)
+        break
   finally:
     ckpt.close()
     writer.close()
   if is_main and os.path.exists(writer.path):
     metrics_lib.plot_loss_curves(workdir)
+  last["completed"] = float(step == sched.total_steps)
   return last
 
 

@@ -1,0 +1,63 @@
+"""Optimizer pieces against their formulas: warmup+cosine, decay masks, layer ids, AdamW."""
+import math
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from kt_jax.train import optimizer
+
+
+def test_schedule_matches_warmup_cosine_formula():
+  peak, total, warmup, start, floor = 1e-3, 100, 10, 1e-6, 1e-5
+  schedule = optimizer.learning_rate_schedule(peak, total, warmup, start, floor)
+  for step in (0, 5, 10, 40, 99, 100):
+    if step < warmup:
+      expected = start + (peak - start) * step / warmup
+    else:
+      t = (step - warmup) / (total - warmup)
+      expected = floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * t))
+    np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-5)
+
+
+def test_weight_decay_mask_skips_norms_biases_tokens():
+  params = {"student": {"pos_embed": jnp.zeros((1, 5, 4)), "cls_token": jnp.zeros((1, 1, 4)),
+                        "blocks_0": {"attn": {"qkv": {"kernel": jnp.zeros((4, 12)),
+                                                      "bias": jnp.zeros((12,))}},
+                                     "norm1": {"scale": jnp.zeros((4,))}}}}
+  mask = optimizer.weight_decay_mask(params, ("pos_embed", "cls_token"))
+  assert mask["student"]["blocks_0"]["attn"]["qkv"] == {"kernel": True, "bias": False}
+  assert not mask["student"]["pos_embed"] and not mask["student"]["cls_token"]
+  assert not mask["student"]["blocks_0"]["norm1"]["scale"]
+  # Without names, tokens of ndim > 1 decay, as timm's param groups do.
+  assert optimizer.weight_decay_mask(params)["student"]["pos_embed"]
+
+
+def test_layer_ids_for_layerwise_decay():
+  assert optimizer.layer_id("student/patch_embed/kernel", 12) == 0
+  assert optimizer.layer_id("student/blocks_3/mlp/fc1/kernel", 12) == 4
+  assert optimizer.layer_id("heads/token_head/linear/kernel", 12) == 13
+
+
+def test_adamw_step_matches_torch_formula():
+  """One AdamW step from zero state, as torch.optim.AdamW computes it (decoupled decay)."""
+  cfg = ml_collections.ConfigDict(dict(lr=0.1, lr_base_batch=0, warmup_init=0.1, min_lr=0.1,
+                                       weight_decay=0.05, no_decay_names=(), b1=0.9, b2=0.999,
+                                       eps=1e-8))
+  p = {"w": jnp.asarray([[1.0, -2.0], [0.5, 3.0]]), "b": jnp.asarray([0.3, -0.1])}
+  g = {"w": jnp.asarray([[0.1, 0.2], [-0.3, 0.4]]), "b": jnp.asarray([1.0, -1.0])}
+  tx, _ = optimizer.make_optimizer(cfg, p, total_steps=10, warmup_steps=0, global_batch_size=8)
+  updates, _ = tx.update(g, tx.init(p), p)
+  new = optax.apply_updates(p, updates)
+  for k in p:
+    m, v = 0.1 * np.asarray(g[k]), 0.001 * np.asarray(g[k]) ** 2
+    m_hat, v_hat = m / 0.1, v / 0.001
+    wd = 0.05 if np.asarray(p[k]).ndim > 1 else 0.0
+    expected = np.asarray(p[k]) * (1 - 0.1 * wd) - 0.1 * m_hat / (np.sqrt(v_hat) + 1e-8)
+    np.testing.assert_allclose(np.asarray(new[k]), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_lr_scaling_rule():
+  cfg = ml_collections.ConfigDict(dict(lr=5e-4, lr_base_batch=512))
+  assert optimizer.peak_learning_rate(cfg, 1024) == 1e-3
