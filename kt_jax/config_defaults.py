@@ -50,6 +50,8 @@ def training_config() -> ml_collections.ConfigDict:
   c.data.split = "train"
   c.data.pool_size = 512
   c.data.pool_crop_size = 160
+  c.data.pool_mnist = 0  # shipped_pool: + this many unlabelled MNIST digits (none from the
+                         # eval `mnist` task's test split)
   c.data.workers = 0
   c.data.repeated_augmentation = 1
   c.data.mean = (0.485, 0.456, 0.406)

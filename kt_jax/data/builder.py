@@ -1,12 +1,14 @@
 """config.data -> a resumable stream of this process's batches.
 
-  source: "shipped_pool"  natural-image crops that ship in packages (n, crop_size)
+  source: "shipped_pool"  natural-image crops that ship in packages (n, crop_size), plus
+                          optionally unlabelled MNIST digits (never the eval test digits)
           "image_folder"  path/ with one subfolder per class, or a flat folder
           "arrayrecord"   a TFDS ArrayRecord dataset directory (path, split)
 """
 import os
 
 import jax
+import numpy as np
 
 from kt_jax.data import pipeline, shipped, sources
 
@@ -33,11 +35,23 @@ class DataStream:
     return pipeline.bad_records(self._iterator)
 
 
-def build_source(data_cfg):
+def _unlabelled_digits(config) -> np.ndarray:
+  """MNIST digits without labels, never any of the `mnist` eval task's test digits."""
+  opts = config.eval.task_options.get("mnist", {})
+  _, test = shipped.mnist_fewshot_indices(opts.get("labels_per_class", 10),
+                                          opts.get("test_per_class", 100), config.eval.seed)
+  digits = shipped.mnist_unlabelled(config.data.pool_mnist, exclude=test, seed=1)
+  return shipped.resize_images(digits, config.data.pool_crop_size)
+
+
+def build_source(config):
+  data_cfg = config.data
   kind = data_cfg.source
   if kind == "shipped_pool":
-    return sources.InMemorySource(shipped.unlabelled_pool(data_cfg.pool_size,
-                                                          data_cfg.pool_crop_size, seed=0))
+    images = shipped.unlabelled_pool(data_cfg.pool_size, data_cfg.pool_crop_size, seed=0)
+    if data_cfg.get("pool_mnist", 0):
+      images = np.concatenate([images, _unlabelled_digits(config)])
+    return sources.InMemorySource(images)
   if not data_cfg.get("path"):
     raise ValueError(f"config.data.path is required for data.source={kind!r}.")
   if not os.path.exists(data_cfg.path):
@@ -63,7 +77,7 @@ def train_transforms(config):
 
 def build_train_stream(config) -> tuple[DataStream, int]:
   """(stream of local batches, optimizer steps per epoch)."""
-  source = build_source(config.data)
+  source = build_source(config)
   repeats = config.data.get("repeated_augmentation", 1)
   dataset = pipeline.make_train_loader(
       source, train_transforms(config), config.batch_size, seed=config.seed,

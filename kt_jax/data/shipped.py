@@ -99,6 +99,15 @@ def mnist_fewshot(labels_per_class: int, test_per_class: int,
   caller's job. Both splits come shuffled.
   """
   digits, labels = mnist_digits()
+  train, test = mnist_fewshot_indices(labels_per_class, test_per_class, seed)
+  rgb = _grey_to_rgb
+  return rgb(digits[train]), labels[train], rgb(digits[test]), labels[test]
+
+
+def mnist_fewshot_indices(labels_per_class: int, test_per_class: int,
+                          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Indices into `mnist_digits()` of the train and test split of `mnist_fewshot`."""
+  _, labels = mnist_digits()
   rng = np.random.default_rng(seed)
   train, test = [], []
   for c in range(10):
@@ -108,9 +117,17 @@ def mnist_fewshot(labels_per_class: int, test_per_class: int,
                        f"{labels_per_class} + {test_per_class}.")
     train.append(members[:labels_per_class])
     test.append(members[labels_per_class:labels_per_class + test_per_class])
-  train, test = rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
-  rgb = _grey_to_rgb
-  return rgb(digits[train]), labels[train], rgb(digits[test]), labels[test]
+  return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+
+
+def mnist_unlabelled(n: int, exclude: np.ndarray, seed: int = 0) -> np.ndarray:
+  """`n` RGB digits, labels dropped, none of them in `exclude` (e.g. a test split)."""
+  digits, _ = mnist_digits()
+  pool = np.setdiff1d(np.arange(len(digits)), exclude)
+  if n > len(pool):
+    raise ValueError(f"Only {len(pool)} digits are left outside the excluded split; asked {n}.")
+  chosen = np.random.default_rng(seed).choice(pool, n, replace=False)
+  return _grey_to_rgb(digits[chosen])
 
 
 def colour_photos() -> dict[str, np.ndarray]:

@@ -232,7 +232,7 @@ def _register_all():
                            pos_interp_offset=0.0, pos_interp_antialias=True), dinov2_input)
   # Students: DINOv2-style (LayerScale 1.0) so they export to the same formats, with the
   # position grid of a 224 px input.
-  for size in ("tiny", "small", "base"):
+  for size in ("tiny", "small", "base", "large"):
     for patch in (14, 16, 32):
       registry.register(f"vit_{size}_patch{patch}",
                         _vit(size, patch, pos_grid=224 // patch, pos_interp_offset=0.0),

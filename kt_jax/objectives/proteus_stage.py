@@ -18,6 +18,9 @@ from kt_jax.train.weight_inheritance import inherit
 
 def load_teacher(config, dtype):
   """The frozen teacher, held once, cast to the compute dtype once."""
+  if not config.teacher.path:
+    raise ValueError("Set the teacher: --config.teacher.path=<checkpoint file or directory, "
+                     "or a shipped model such as efficientnet_lite0>.")
   module, variables = convert.load_pretrained(config.teacher.path)
   if hasattr(module, "dtype"):
     module = module.clone(dtype=dtype)

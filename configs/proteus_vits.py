@@ -1,0 +1,16 @@
+"""Proteus: distil DINOv2 ViT-B/14 into a randomly initialised vit_small_patch14 on ImageNet.
+
+  python -m kt_jax.convert import --src dinov2_vitb14_pretrain.pth --out teachers/dinov2_vitb14
+  python -m kt_jax.main --config=configs/proteus_vits.py --workdir=workdirs/proteus_vits \
+      --config.teacher.path=teachers/dinov2_vitb14 --config.data.path=/data/imagenet/train
+
+The official recipe: 300 epochs, global batch 1024, AdamW lr 5e-4 x batch/512, 5 warmup
+epochs from 1e-6, cosine to 1e-5, weight decay 0.05, no clipping, EMA 0.99996, 224 px, DeiT
+augmentations without mixup, repeated augmentation x3, mask probability 0.5 ratio 0.5.
+data.source may be "arrayrecord" (a TFDS ArrayRecord directory) instead of an image folder.
+"""
+from kt_jax import proteus_recipe
+
+
+def get_config():
+  return proteus_recipe.recipe("vit_small_patch14")
