@@ -4,7 +4,6 @@ MobileNetV2, ResNet) to Flax, and Flax back to transformers and the official DIN
 `load_pretrained(path)` is the one entry point; it recognises what it is given.
 """
 import importlib
-import json
 import os
 from typing import Any
 

@@ -8,10 +8,6 @@ import importlib
 from typing import Iterable, Mapping
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import traverse_util
 
 from kt_jax.convert import strict
 from kt_jax.models import efficientnet_lite  # noqa: F401  (registers the variants)
@@ -28,15 +24,6 @@ def matches(keys: Iterable[str]) -> bool:
           and not any("._se_reduce." in k for k in keys))
 
 
-def variable_shapes(module: nn.Module, image_size: int = 32) -> dict[str, tuple[int, ...]]:
-  """'collection/a/b' -> shape for params and batch_stats, so one check covers both."""
-  variables = jax.eval_shape(
-      lambda: module.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3))))
-  flat = traverse_util.flatten_dict(
-      {c: variables[c] for c in ("params", "batch_stats")}, sep="/")
-  return {k: tuple(v.shape) for k, v in flat.items()}
-
-
 def torch_key(path: str) -> str:
   """'params/blocks_3/bn1/scale' -> '_blocks.3._bn1.weight'."""
   collection, *modules, leaf = path.split("/")
@@ -51,34 +38,9 @@ def torch_key(path: str) -> str:
   return ".".join(parts + [leaf])
 
 
-def to_flax(tensor: np.ndarray) -> np.ndarray:
-  """OIHW conv -> HWIO (depthwise too: (C,1,k,k) -> (k,k,1,C)); (out,in) linear -> (in,out)."""
-  if tensor.ndim == 4:
-    return tensor.transpose(2, 3, 1, 0)
-  if tensor.ndim == 2:
-    return tensor.T
-  return tensor
-
-
 def convert_strict(source: strict.SourceTensors, module: nn.Module, what: str) -> dict:
   """Fills every variable of `module` from `source`; raises CheckpointMismatchError on misfit."""
-  expected = variable_shapes(module)
-  keys = {p: torch_key(p) for p in expected}
-  produced = {}
-  for path, key in keys.items():
-    tensor = source.take(key)
-    produced[path] = None if tensor is None else to_flax(tensor)
-  source.skip(*[k for k in source.keys() if k.endswith("num_batches_tracked")])
-  try:
-    return strict.assemble(expected, produced, source, what=what)
-  except strict.CheckpointMismatchError as e:
-    # `assemble` names shape misfits by Flax path; add the key a PyTorch user would look for.
-    bad = [keys[p] for p, v in produced.items()
-           if v is not None and tuple(v.shape) != expected[p]]
-    if not bad:
-      raise
-    raise strict.CheckpointMismatchError(
-        f"{e}\n  checkpoint keys with wrong shapes: {', '.join(bad)}") from None
+  return strict.fill_by_key(source, strict.variable_shapes(module), torch_key, what)
 
 
 def _canonical(variant_name: str) -> str:

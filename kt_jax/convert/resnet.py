@@ -11,10 +11,7 @@ import re
 from typing import Any, Callable, Iterable, Mapping
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from kt_jax.convert import strict
 from kt_jax.models import registry
@@ -69,21 +66,6 @@ def _huggingface_module(parts: tuple[str, ...]) -> str:
   return f"{prefix}.layer.{int(layer[-1]) - 1}.{_hf_kind(layer)}"
 
 
-def _to_flax(leaf: str, tensor: np.ndarray | None, expected_ndim: int) -> np.ndarray | None:
-  """OIHW -> HWIO for convs, (out, in) -> (in, out) for the head; wrong ranks pass through
-  untouched so `assemble` reports them as shape mismatches rather than crashing here."""
-  if tensor is None or leaf != "kernel" or tensor.ndim != expected_ndim:
-    return tensor
-  return tensor.transpose(2, 3, 1, 0) if tensor.ndim == 4 else tensor.T
-
-
-def _expected_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
-  """Shapes of 'params/...' and 'batch_stats/...' leaves, traced without compute."""
-  variables = jax.eval_shape(
-      lambda: module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32)))
-  return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(variables, sep="/").items()}
-
-
 def _num_classes(source: strict.SourceTensors, head_key: str) -> int:
   return int(np.shape(source.take(head_key))[0]) if head_key in source else 0
 
@@ -109,13 +91,12 @@ def convert(state_dict: Mapping[str, Any], variant_name: str,
   """
   source, module_key, head_key = _source(state_dict)
   module = registry.create(variant_name, num_classes=_num_classes(source, head_key), **overrides)
-  expected = _expected_shapes(module)
-  produced = {}
-  for path, shape in expected.items():
+  expected = strict.variable_shapes(module)
+
+  def key_of(path):
     _, *modules, leaf = path.split("/")
-    tensor = source.take(f"{module_key(tuple(modules))}.{_LEAF_NAMES[leaf]}")
-    produced[path] = _to_flax(leaf, tensor, len(shape))
-  source.skip(*(k for k in source.keys() if k.endswith("num_batches_tracked")))
-  variables = strict.assemble(expected, produced, source,
-                              what=f"ResNet state dict for {variant_name!r}")
+    return f"{module_key(tuple(modules))}.{_LEAF_NAMES[leaf]}"
+
+  variables = strict.fill_by_key(source, expected, key_of,
+                                 what=f"ResNet state dict for {variant_name!r}")
   return module, variables

@@ -114,3 +114,57 @@ def load_torch_file(path: str) -> dict:
 
 def first_present(source: SourceTensors, candidates: Iterable[str]) -> str | None:
   return next((k for k in candidates if k in source), None)
+
+
+# --------------------------------------------------------------------------------------------
+# CNN state dicts: every Flax variable (params and BatchNorm statistics) maps to one key.
+
+
+def variable_shapes(module: nn.Module, image_size: int = 32,
+                    collections: tuple[str, ...] = ("params", "batch_stats")
+                    ) -> dict[str, tuple[int, ...]]:
+  """'collection/a/b' -> shape for every leaf of `collections`, traced without compute."""
+  variables = jax.eval_shape(
+      lambda: module.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3))))
+  flat = traverse_util.flatten_dict({c: variables[c] for c in collections if c in variables},
+                                    sep="/")
+  return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def torch_to_flax(tensor: np.ndarray, expected_ndim: int) -> np.ndarray:
+  """OIHW conv -> HWIO (depthwise (C,1,k,k) -> (k,k,1,C)); (out, in) linear -> (in, out).
+
+  A tensor of the wrong rank passes through untouched, so `assemble` reports it as a shape
+  mismatch instead of this function crashing.
+  """
+  if tensor.ndim != expected_ndim:
+    return tensor
+  if tensor.ndim == 4:
+    return tensor.transpose(2, 3, 1, 0)
+  if tensor.ndim == 2:
+    return tensor.T
+  return tensor
+
+
+def fill_by_key(source: SourceTensors, expected: Mapping[str, tuple[int, ...]],
+                key_of, what: str) -> dict:
+  """Fills each expected 'collection/...' leaf from the source tensor named `key_of(path)`.
+
+  Strict, like `assemble`, and a shape error also names the checkpoint keys, which is what a
+  PyTorch user will look for. BatchNorm's `num_batches_tracked` counters are ignored.
+  """
+  keys = {path: key_of(path) for path in expected}
+  produced = {}
+  for path, key in keys.items():
+    tensor = source.take(key)
+    produced[path] = None if tensor is None else torch_to_flax(tensor, len(expected[path]))
+  source.skip(*[k for k in source.keys() if k.endswith("num_batches_tracked")])
+  try:
+    return assemble(expected, produced, source, what=what)
+  except CheckpointMismatchError as e:
+    bad = [keys[p] for p, v in produced.items()
+           if v is not None and tuple(v.shape) != expected[p]]
+    if not bad:
+      raise
+    raise CheckpointMismatchError(
+        f"{e}\n  checkpoint keys with wrong shapes: {', '.join(bad)}") from None

@@ -166,7 +166,6 @@ def infer_config(state: Mapping[str, Any], layout: str,
     mlp_ratio = shape(b0 + n["fc1"] + ".weight")[0] / width
   num_pos = shape(n["pos"])[1] - 1
   registers = shape(n["reg"])[1] if n["reg"] in state else 0
-  is_hf = layout.startswith("hf")
   cfg = dict(
       patch_size=shape(n["patch"] + ".weight")[-1],
       embed_dim=width,

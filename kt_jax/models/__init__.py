@@ -4,7 +4,11 @@ Every backbone maps NHWC normalised float images to a dict with at least
 `x_norm_clstoken` (B, D), the global feature, and `x_norm_patchtokens` (B, N, D), the final
 token grid in row-major order (DINOv2's names, used for CNNs too).
 """
-from kt_jax.models.registry import IMAGENET_MEAN, IMAGENET_STD, InputSpec, create, input_spec, names, register
+from kt_jax.models.registry import (IMAGENET_MEAN, IMAGENET_STD, InputSpec, create,
+                                    input_spec, input_spec_or_default, names, register)
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "InputSpec", "create", "input_spec",
+           "input_spec_or_default", "names", "register"]
 
 # Importing the model modules registers their variants.
 from kt_jax.models import efficientnet_lite, mobilenet_v2, resnet, vit  # noqa: E402,F401

@@ -3,9 +3,7 @@ supplies the mesh, the compiled and donated train step, the optimizer, checkpoin
 metrics and evaluation, and knows nothing method-specific.
 """
 import dataclasses
-import json
 import os
-import time
 from typing import Any, Callable, Iterator
 
 import jax
