@@ -288,5 +288,5 @@ def export_hf(module: VisionTransformer, params: Mapping[str, Any], out_dir: str
 def export_dinov2(module: VisionTransformer, params: Mapping[str, Any], path: str) -> None:
   """Writes a .pth in the official DINOv2 layout (loadable by `dinov2.models`' ViTs)."""
   import torch
-  state = {k: torch.from_numpy(v) for k, v in params_to_state_dict(module, params).items()}
+  state = {k: torch.from_numpy(np.array(v)) for k, v in params_to_state_dict(module, params).items()}
   torch.save(state, path)

@@ -4,6 +4,8 @@ metrics and evaluation, and knows nothing method-specific.
 """
 import dataclasses
 import os
+import signal
+import threading
 from typing import Any, Callable, Iterator
 
 import jax
@@ -16,6 +18,26 @@ from kt_jax import sharding
 from kt_jax.objectives.base import Objective
 from kt_jax.train import checkpoint, metrics as metrics_lib, optimizer as optimizer_lib
 from kt_jax.train.state import TrainState
+
+
+class StopSignal:
+  """SIGTERM/SIGINT (preemption, Ctrl-C) ask the loop to checkpoint and return, not die."""
+
+  def __init__(self):
+    self.received, self._previous = None, {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.received = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,26 +89,23 @@ def first_non_finite(rows: list[tuple[int, dict]]) -> tuple[int, str] | None:
   return None
 
 
-def train(config, workdir: str, objective: Objective, loader, steps_per_epoch: int,
-          evaluate: Callable[[int, TrainState], dict] | None = None,
-          init_params_hook: Callable[[Any], Any] | None = None) -> dict:
-  """Runs (or resumes) training to the end; returns the last logged metrics.
+@dataclasses.dataclass
+class Setup:
+  """Everything compiled and placed for one training run; what `kt_jax.bench` times too."""
+  mesh: Any
+  init: Callable            # key -> TrainState, created in place with its shardings
+  step_fn: Callable         # (state, global batch, frozen) -> (state, metrics); donates state
+  abstract_state: Any
+  state_shardings: Any
+  batch_sharding: Any
+  frozen: Any               # the teacher's variables, placed once
+  ema_decay: float
 
-  `loader` yields this process's share of each global batch (dicts of NumPy arrays) and has
-  `get_state()`/`set_state()`; `evaluate(step, state)` returns a dict of numbers;
-  `init_params_hook(params)` may replace freshly initialised params (weight inheritance).
-  """
+
+def build(config, objective: Objective, sample: dict, sched: Schedule) -> Setup:
+  """Shapes first (no FLOPs), then shardings, then jits that create the state in place."""
   mesh = sharding.make_mesh(config.mesh.to_dict())
   rules = [tuple(r) for r in config.get("sharding_rules", ())]
-  sched = resolve_schedule(config, steps_per_epoch)
-  iterator: Iterator = iter(loader)
-  first_batch = next(iterator)  # shapes for init; restored below so no sample is lost
-  logging.info("Mesh %s, %d steps (%d warmup), global batch %d", dict(mesh.shape),
-               sched.total_steps, sched.warmup_steps, config.batch_size)
-
-  # Initialisation: shapes first (no FLOPs), then shardings, then a jit that creates the
-  # state directly in place on the mesh.
-  sample = jax.tree.map(lambda x: x[:1], first_batch)
   rng = jax.random.key(config.seed)
   abstract_params, _ = jax.eval_shape(objective.init, rng, sample)
   tx, lr_schedule = optimizer_lib.make_optimizer(config.optimizer, abstract_params,
@@ -104,13 +123,34 @@ def train(config, workdir: str, objective: Objective, loader, steps_per_epoch: i
   abstract_state = jax.eval_shape(init_state, rng)
   state_shardings = sharding.tree_shardings(abstract_state, mesh, rules)
   frozen = objective.frozen()
-  frozen = jax.device_put(frozen, sharding.tree_shardings(frozen, mesh, rules))
+  frozen_shardings = sharding.tree_shardings(frozen, mesh, rules)
+  frozen = jax.device_put(frozen, frozen_shardings)
   batch_sharding = sharding.batch_sharding(mesh)
   step_fn = jax.jit(make_train_step(objective, tx, lr_schedule, ema_decay),
-                    in_shardings=(state_shardings, batch_sharding,
-                                  sharding.tree_shardings(frozen, mesh, rules)),
+                    in_shardings=(state_shardings, batch_sharding, frozen_shardings),
                     out_shardings=(state_shardings, sharding.replicated(mesh)),
                     donate_argnums=(0,))
+  return Setup(mesh, jax.jit(init_state, out_shardings=state_shardings), step_fn,
+               abstract_state, state_shardings, batch_sharding, frozen, ema_decay)
+
+
+def train(config, workdir: str, objective: Objective, loader, steps_per_epoch: int,
+          evaluate: Callable[[int, TrainState], dict] | None = None,
+          init_params_hook: Callable[[Any], Any] | None = None) -> dict:
+  """Runs (or resumes) training to the end; returns the last logged metrics.
+
+  `loader` yields this process's share of each global batch (dicts of NumPy arrays) and has
+  `get_state()`/`set_state()`; `evaluate(step, state)` returns a dict of numbers;
+  `init_params_hook(params)` may replace freshly initialised params (weight inheritance).
+  """
+  sched = resolve_schedule(config, steps_per_epoch)
+  iterator: Iterator = iter(loader)
+  first_batch = next(iterator)  # shapes for init; restored below so no sample is lost
+  setup = build(config, objective, jax.tree.map(lambda x: x[:1], first_batch), sched)
+  mesh, frozen, step_fn = setup.mesh, setup.frozen, setup.step_fn
+  state_shardings, ema_decay = setup.state_shardings, setup.ema_decay
+  logging.info("Mesh %s, %d steps (%d warmup), global batch %d", dict(mesh.shape),
+               sched.total_steps, sched.warmup_steps, config.batch_size)
 
   # Resume order: (1) the latest complete checkpoint in this workdir, with its data iterator
   # position; (2) otherwise a fresh state from the seed and the iterator from its start.
@@ -119,13 +159,13 @@ def train(config, workdir: str, objective: Objective, loader, steps_per_epoch: i
   is_main = jax.process_index() == 0
   start_step = ckpt.latest_step() or 0
   if start_step:
-    state, data_state = ckpt.restore(start_step, checkpoint.abstract_like(abstract_state,
-                                                                          state_shardings))
+    state, data_state = ckpt.restore(start_step, checkpoint.abstract_like(
+        setup.abstract_state, state_shardings))
     loader.set_state(data_state)
     iterator = iter(loader)
     logging.info("Resumed from step %d in %s", start_step, ckpt.directory)
   else:
-    state = jax.jit(init_state, out_shardings=state_shardings)(rng)
+    state = setup.init(jax.random.key(config.seed))
     if init_params_hook is not None:
       params = jax.device_put(init_params_hook(state.params), state_shardings.params)
       state = state.replace(params=params, ema_params=params if ema_decay else None)
@@ -138,7 +178,9 @@ def train(config, workdir: str, objective: Objective, loader, steps_per_epoch: i
   pending: list[tuple[int, Any]] = []
   last: dict = {}
   step = start_step
+  stop_signal = StopSignal()
   try:
+    stop_signal.__enter__()
     for step in range(start_step + 1, sched.total_steps + 1):
       batch = sharding.global_batch(next(iterator), mesh)
       state, step_metrics = step_fn(state, batch, frozen)
@@ -146,7 +188,8 @@ def train(config, workdir: str, objective: Objective, loader, steps_per_epoch: i
       is_last = step == sched.total_steps
       # `stop_after_steps`: end this invocation early (with a checkpoint), e.g. to fit a
       # job's time limit; the same command then resumes where it stopped.
-      stop_now = step == start_step + config.get("stop_after_steps", 0)
+      stop_now = (step == start_step + config.get("stop_after_steps", 0)
+                  or stop_signal.received is not None)
       save_now = step % config.checkpoint_every_steps == 0 or is_last or stop_now
       if step % config.log_every_steps == 0 or save_now:
         host = [(s, jax.device_get(m)) for s, m in pending]
@@ -164,9 +207,11 @@ def train(config, workdir: str, objective: Objective, loader, steps_per_epoch: i
       if evaluate and (is_last or (every and step % every == 0)):
         writer.write_eval(step, evaluate(step, state))
       if stop_now and not is_last:
-        logging.info("Stopping after %d steps at step %d, as configured.", step - start_step, step)
+        logging.warning("Stopping at step %d (%s) with a checkpoint; rerun the same command to "
+                        "resume.", step, stop_signal.received or "stop_after_steps")
         break
   finally:
+    stop_signal.__exit__()
     ckpt.close()
     writer.close()
   if is_main and os.path.exists(writer.path):

@@ -1,0 +1,44 @@
+"""The benchmark harness on tiny configs: sane positive numbers and valid JSON (no timing
+assertions)."""
+import json
+import os
+
+import pytest
+
+from kt_jax import bench
+from kt_jax.models import create
+from test_configs import load
+from test_trainer import ROOT, tiny_config
+
+
+def test_train_step_benchmark(tmp_path):
+  report = bench.run(tiny_config(), str(tmp_path), steps=3, warmup=1)
+  saved = json.loads((tmp_path / "bench.json").read_text())
+  assert saved["kind"] == "train_step" and saved["images_per_s"] == report["images_per_s"]
+  for key in ("step_s_median", "images_per_s", "xla_flops_per_image", "matmul_peak_flops",
+              "compile_s"):
+    assert report[key] > 0, key
+  assert 0 < report["utilisation"] < 1.5
+  assert report["step_s_p10"] <= report["step_s_median"] <= report["step_s_p90"]
+
+
+def test_inference_benchmark_on_the_demo_config(tmp_path):
+  config = load(os.path.join(ROOT, "configs", "demo.py")).get_config()
+  config.batch_size, config.image_size = 4, 64
+  report = bench.run(config, str(tmp_path), steps=2, warmup=1)
+  assert report["kind"] == "inference" and report["images_per_s"] > 0
+  assert report["analytic_flops_per_image"] is None  # a CNN: XLA's count only
+
+
+def test_analytic_vit_flops_close_to_xla():
+  """The analytic count and XLA's cost analysis of the same forward agree within 10%."""
+  import jax
+  import jax.numpy as jnp
+  module = create("vit_small_patch16", depth=2)
+  x = jnp.zeros((1, 64, 64, 3))
+  variables = jax.eval_shape(lambda: module.init(jax.random.key(0), x))
+  compiled = jax.jit(module.apply).lower(variables, x).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  analytic = bench.vit_forward_flops(module, (64, 64))
+  assert abs(cost["flops"] - analytic) / analytic < 0.1

@@ -1,0 +1,60 @@
+"""Bad states on the real tiny config: NaN stops the run and keeps the last good checkpoint;
+SIGTERM checkpoints and exits cleanly, and the same command resumes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from kt_jax import stages
+from kt_jax.train import trainer
+from test_trainer import ROOT, losses, tiny_config
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  # An absurd learning rate: step 1 is computed from sane weights, after it all is overflow.
+  config = tiny_config(**{"optimizer.lr": 1e30, "checkpoint_every_steps": 1, "total_steps": 6})
+  with pytest.raises(trainer.NonFiniteLossError, match=r"Non-finite \w+ at step (\d+)") as err:
+    stages.run(config, str(tmp_path))
+  bad_step = int(err.value.args[0].split("at step ")[1].split(";")[0])
+  kept = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert kept and max(kept) < bad_step
+  with ocp.StandardCheckpointer() as ckpt:
+    state = ckpt.restore(tmp_path / "checkpoints" / str(max(kept)) / "state")
+  import jax
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
+  assert not (tmp_path / "summary.json").exists()
+
+
+_RUN = [sys.executable, "-m", "kt_jax.main", "--config=tests/tiny_proteus_config.py"]
+
+
+def test_sigterm_checkpoints_and_resumes(tmp_path):
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  cmd = _RUN + [f"--workdir={tmp_path}", "--config.total_steps=200"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 240
+  metrics = tmp_path / "metrics.jsonl"
+  while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  output, _ = proc.communicate(timeout=240)
+  assert proc.returncode == 0, output[-2000:]
+  assert "SIGTERM" in output
+  steps = [s for s, _ in losses(tmp_path)]
+  kept = max(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert kept == steps[-1] < 200
+  assert not (tmp_path / "summary.json").exists()
+  # The same command, shortened, resumes from there and finishes.
+  done = subprocess.run(_RUN + [f"--workdir={tmp_path}", f"--config.total_steps={kept + 2}"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  steps = [s for s, _ in losses(tmp_path)]
+  assert steps == list(range(1, kept + 3))
+  assert json.loads((tmp_path / "summary.json").read_text())["completed"]
