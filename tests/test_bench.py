@@ -3,7 +3,6 @@ assertions)."""
 import json
 import os
 
-import pytest
 
 from kt_jax import bench
 from kt_jax.models import create
