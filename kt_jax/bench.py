@@ -114,9 +114,8 @@ def bench_proteus(config, steps: int, warmup: int) -> dict:
 def bench_inference(config, steps: int, warmup: int) -> dict:
   from kt_jax import convert
   from kt_jax.eval import features
-  from kt_jax.models import registry
   module, variables = convert.load_pretrained(config.teacher)
-  spec = registry.input_spec_or_default(config.teacher, config.get("image_size", 0))
+  spec = convert.input_spec(config.teacher, config.get("image_size", 0))
   dtype = jnp.dtype(config.get("compute_dtype", "float32"))
   if hasattr(module, "dtype"):
     module = module.clone(dtype=dtype)

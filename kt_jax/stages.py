@@ -1,7 +1,10 @@
 """Stages a config can name, and the one function that runs them.
 
 A stage is an importable function `fn(config, workdir) -> dict` (its summary). Each writes
-only inside its workdir; a finished stage leaves `summary.json` there.
+only inside its workdir; a finished stage leaves `summary.json` there and is skipped when run
+again, an interrupted one resumes from its checkpoints. The `pipeline` stage chains stages,
+each in its own subfolder; a string "{stage:NAME}" in a later stage's config is replaced by
+the workdir of the earlier stage NAME (e.g. to distil from a teacher an earlier stage made).
 """
 import importlib
 import json
@@ -13,6 +16,8 @@ from absl import logging
 _STAGES = {
     "frozen_eval": "kt_jax.eval.frozen:run",
     "proteus": "kt_jax.objectives.proteus_stage:run",
+    "convert": "kt_jax.convert.stage:run",
+    "pipeline": "kt_jax.stages:run_pipeline",
 }
 
 SUMMARY_FILE = "summary.json"
@@ -59,3 +64,39 @@ def run(config, workdir: str) -> dict:
   logging.info("Stage %s done in %.1f s; summary in %s", config.stage, summary["seconds"],
                os.path.join(workdir, SUMMARY_FILE))
   return summary
+
+
+def _substitute(config, workdirs: dict):
+  """Replaces "{stage:NAME}" in every string of `config` by that stage's workdir."""
+  import ml_collections
+  config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
+  def visit(node):
+    for key in list(node.keys()):
+      value = node[key]
+      if isinstance(value, ml_collections.ConfigDict):
+        visit(value)
+      elif isinstance(value, str):
+        for name, path in workdirs.items():
+          value = value.replace("{stage:%s}" % name, path)
+        node[key] = value
+  visit(config)
+  return config
+
+
+def run_pipeline(config, workdir: str) -> dict:
+  """Runs `config.stages` (name -> stage config) in `config.order`, each in workdir/<name>.
+
+  (ConfigDict iterates its keys sorted, so the order is spelled out.)
+  """
+  missing = set(config.stages) ^ set(config.order)
+  if missing:
+    raise ValueError(f"config.order and config.stages name different stages: {sorted(missing)}")
+  workdirs, summaries = {}, {}
+  for name in config.order:
+    stage_config = config.stages[name]
+    workdirs[name] = os.path.join(workdir, name)
+    summary = run(_substitute(stage_config, workdirs), workdirs[name])
+    summaries[name] = summary
+    if not summary.get("completed", True):
+      return {"stages": summaries, "completed": False}
+  return {"stages": summaries}

@@ -58,6 +58,20 @@ def convert_state_dict(state: dict, hf_config: dict | None = None) -> tuple[nn.M
   return result
 
 
+def input_spec(path: str, image_size: int = 0):
+  """How the model at `path` wants its input: a registered/shipped model's own spec, the one
+  recorded in a kt_jax model directory, else ImageNet normalisation. `image_size` > 0 wins."""
+  import dataclasses
+  from kt_jax.models import registry
+  spec = registry.input_spec_or_default(str(path))
+  if os.path.isdir(str(path)) and kt_format.is_kt_dir(str(path)):
+    recorded = kt_format.read_spec(str(path)).get("input_spec")
+    if recorded:
+      spec = registry.InputSpec(recorded["image_size"], tuple(recorded["mean"]),
+                                tuple(recorded["std"]))
+  return dataclasses.replace(spec, image_size=image_size) if image_size else spec
+
+
 def load_pretrained(path: str) -> tuple[nn.Module, Any]:
   """A model and its variables from a name or path; `module.apply(variables, x)` gives features.
 

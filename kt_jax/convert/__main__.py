@@ -25,7 +25,7 @@ def main(argv=None) -> int:
 
   if args.command == "import":
     module, variables = convert.load_pretrained(args.src)
-    kt_format.save(args.out, module, variables, extra={"source": args.src})
+    kt_format.save(args.out, module, variables, extra=kt_format.import_extras(args.src))
     print(f"Imported {args.src} as {type(module).__name__} into {args.out}")
     return 0
   from kt_jax.convert import vit

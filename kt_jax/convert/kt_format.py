@@ -60,6 +60,11 @@ def is_kt_dir(path: str) -> bool:
       os.path.join(path, VARIABLES_DIR))
 
 
+def read_spec(path: str) -> dict:
+  with open(os.path.join(path, SPEC_FILE)) as f:
+    return json.load(f)
+
+
 def load(path: str) -> tuple[nn.Module, Any]:
   path = os.path.abspath(path)
   with open(os.path.join(path, SPEC_FILE)) as f:
@@ -67,3 +72,10 @@ def load(path: str) -> tuple[nn.Module, Any]:
   with ocp.StandardCheckpointer() as ckpt:
     variables = ckpt.restore(os.path.join(path, VARIABLES_DIR))
   return module, jax.tree.map(jnp.asarray, variables)
+
+
+def import_extras(src: str) -> dict:
+  """What `model.json` records beside the module: where it came from and its input spec."""
+  import dataclasses
+  from kt_jax import convert
+  return {"source": str(src), "input_spec": dataclasses.asdict(convert.input_spec(src))}

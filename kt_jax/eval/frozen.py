@@ -11,7 +11,6 @@ from absl import logging
 
 from kt_jax import convert, sharding
 from kt_jax.eval import evaluators
-from kt_jax.models import registry
 
 
 def format_table(rows: list[dict]) -> str:
@@ -26,7 +25,7 @@ def format_table(rows: list[dict]) -> str:
 def run(config, workdir: str) -> dict:
   mesh = sharding.make_mesh(config.mesh.to_dict())
   module, variables = convert.load_pretrained(config.teacher)
-  spec = registry.input_spec_or_default(config.teacher, config.get("image_size", 0))
+  spec = convert.input_spec(config.teacher, config.get("image_size", 0))
   logging.info("Model %s (%s) at %d px on mesh %s", config.teacher, type(module).__name__,
                spec.image_size, dict(mesh.shape))
   evaluator = evaluators.KnnLinearProbe(

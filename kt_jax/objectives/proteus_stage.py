@@ -10,7 +10,7 @@ from absl import logging
 from kt_jax import convert, models, sharding
 from kt_jax.data import builder
 from kt_jax.eval import evaluators
-from kt_jax.models.registry import InputSpec, input_spec_or_default
+from kt_jax.models.registry import InputSpec
 from kt_jax.objectives import proteus
 from kt_jax.train import trainer
 from kt_jax.train.weight_inheritance import inherit
@@ -33,7 +33,7 @@ def build_objective(config) -> proteus.Proteus:
   teacher, teacher_vars = load_teacher(config, dtype)
   student = models.create(config.student.name, dtype=dtype, **config.student.overrides.to_dict())
   data_spec = InputSpec(config.image_size, tuple(config.data.mean), tuple(config.data.std))
-  teacher_spec = input_spec_or_default(config.teacher.path, config.image_size)
+  teacher_spec = convert.input_spec(config.teacher.path, config.image_size)
   return proteus.Proteus(
       student=student, teacher=teacher, teacher_variables=teacher_vars, data_spec=data_spec,
       teacher_spec=teacher_spec, image_size=config.image_size,
