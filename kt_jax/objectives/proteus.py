@@ -121,7 +121,14 @@ class Proteus:
              "fea_loss": self.lambda_fea * terms["fea_loss"],
              "patch_loss": self.lambda_patch * terms["patch_loss"]}
     total = terms["token_loss"] + terms["fea_loss"] + terms["patch_loss"]
-    metrics = dict(terms, masked_share=jnp.mean(masks))
+    # The teacher's own variance across the batch: a loss near it means the student only
+    # predicts the mean so far (a diagnostic, not a loss term).
+    t_cls = teacher["x_norm_clstoken"].astype(jnp.float32)
+    t_patch = teacher["x_norm_patchtokens"].astype(jnp.float32)
+    metrics = dict(terms, masked_share=jnp.mean(masks),
+                   teacher_cls_var=jnp.mean(jnp.var(t_cls, axis=0)),
+                   teacher_patch_var=jnp.mean(jnp.var(t_patch.reshape(-1, t_patch.shape[-1]),
+                                                      axis=0)))
     return total, (metrics, model_state)
 
   def feature_model(self, params, model_state):

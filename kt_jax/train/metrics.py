@@ -78,14 +78,17 @@ def plot_loss_curves(workdir: str, out_name: str = "loss_curves.png") -> str:
   import matplotlib.pyplot as plt
   rows = read_metrics(workdir)
   keys = sorted({k for r in rows for k in r if "loss" in k})
+  # Reference levels an objective may log (e.g. the teacher's variance): dashed.
+  references = sorted({k for r in rows for k in r if k.endswith("_var")})
   fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-  for k in keys:
+  for k in keys + references:
     steps = np.array([r["step"] for r in rows if k in r])
     values = np.array([r[k] for r in rows if k in r])
-    ax.plot(steps, values, label=k, lw=1.5 if k == "loss" else 1.0)
+    ax.plot(steps, values, label=k, lw=1.5 if k == "loss" else 1.0,
+            ls="--" if k in references else "-")
   ax.set_xlabel("step")
   ax.set_ylabel("loss")
-  if all(r.get(k, 1) > 0 for r in rows for k in keys):
+  if all(r.get(k, 1) > 0 for r in rows for k in keys + references):
     ax.set_yscale("log")
   ax.grid(alpha=0.3)
   ax.legend()
