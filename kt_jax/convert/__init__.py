@@ -72,15 +72,28 @@ def input_spec(path: str, image_size: int = 0):
   return dataclasses.replace(spec, image_size=image_size) if image_size else spec
 
 
+def _random_init(name: str) -> tuple[nn.Module, Any]:
+  import jax
+  import jax.numpy as jnp
+  from kt_jax import models
+  module = models.create(name)
+  size = models.input_spec(name).image_size
+  init = jax.jit(lambda key: module.init(key, jnp.zeros((1, size, size, 3))))
+  return module, init(jax.random.key(0))
+
+
 def load_pretrained(path: str) -> tuple[nn.Module, Any]:
   """A model and its variables from a name or path; `module.apply(variables, x)` gives features.
 
-  `path` may be: a shipped teacher's name (`efficientnet_lite0`, `mobilenet_v2`, ...); a
+  `path` may be: `random:<registered model name>` (random weights, for benchmarks); a
+  shipped teacher's name (`efficientnet_lite0`, `mobilenet_v2`, ...); a
   directory written by `python -m kt_jax.convert import`; a transformers model directory
   (config.json + safetensors/bin); or a .pth/.pt/.bin/.safetensors state dict file.
   `variables` is `{'params': ...}` for ViTs and adds `batch_stats` for CNNs.
   """
   path = str(path)
+  if path.startswith("random:"):  # random weights of a registered model: benchmarks, tests
+    return _random_init(path.removeprefix("random:"))
   if path in SHIPPED:
     return importlib.import_module(SHIPPED[path]).load_shipped(path)
   if os.path.isdir(path):

@@ -1,0 +1,101 @@
+"""kt_jax against the PyTorch reference, same step, same shapes, one invocation.
+
+  python benchmarks/compare.py --case proteus_vits_112 [--steps 5 --warmup 2] [--json out.json]
+
+Cases:
+  proteus_vits_112  Proteus step: ViT-S/14 student <- ViT-B/14 teacher, 112 px, batch 16, fp32
+  vitb14_224        teacher inference: DINOv2 ViT-B/14 at 224 px, batch 16
+  effnet_lite0_224  teacher inference: EfficientNet-Lite0 (shipped weights) at 224 px, batch 16
+Ours runs first (XLA), then the reference eager and with torch.compile; the ratio is our
+images/s over the reference's best. Weights are random except EfficientNet-Lite0's.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _load(name, path):
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _config(name):
+  return _load(name, os.path.join(ROOT, "configs", f"{name}.py")).get_config()
+
+
+def ours_proteus_vits(image_size, batch):
+  c = _config("proteus_vits")
+  c.teacher.path = "random:vit_base_patch14_dinov2"
+  c.image_size, c.batch_size = image_size, batch
+  c.ema_decay = 0.0  # the reference keeps no EMA
+  c.eval.tasks = ()
+  return c
+
+
+def ours_inference(teacher, image_size, batch):
+  c = _config("demo")
+  c.teacher, c.image_size, c.batch_size = teacher, image_size, batch
+  return c
+
+
+CASES = {
+    "proteus_vits_112": (lambda: ours_proteus_vits(112, 16),
+                         dict(step="proteus", student="vit_small", teacher="vit_base", patch=14,
+                              image_size=112, batch=16, attention="sdpa")),
+    "vitb14_224": (lambda: ours_inference("random:vit_base_patch14_dinov2", 224, 16),
+                   dict(step="inference", model="dinov2_vitb14", image_size=224, batch=16,
+                        attention="sdpa")),
+    "effnet_lite0_224": (lambda: ours_inference("efficientnet_lite0", 224, 16),
+                         dict(step="inference", model="efficientnet_lite0", image_size=224,
+                              batch=16)),
+}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--case", choices=sorted(CASES), required=True)
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+  parser.add_argument("--json", default="")
+  args = parser.parse_args(argv)
+
+  from kt_jax import bench
+  make_config, ref_kwargs = CASES[args.case]
+  ours = bench.run(make_config(), f"/tmp/kt_jax_compare_{args.case}", args.steps, args.warmup)
+  torch_reference = _load("torch_reference", os.path.join(ROOT, "benchmarks",
+                                                          "torch_reference.py"))
+  refs = {"eager": torch_reference.run(steps=args.steps, warmup=args.warmup,
+                                       compile_mode="none", **ref_kwargs)}
+  if not args.no_compile:
+    refs["compiled"] = torch_reference.run(steps=args.steps, warmup=args.warmup,
+                                           compile_mode="default", **ref_kwargs)
+  best = max((r["images_per_s"] or 0.0) for r in refs.values())
+  ratio = ours["images_per_s"] / best if best else None
+  row = {"case": args.case, "date": time.strftime("%Y-%m-%d"), "ours": ours,
+         "reference": {k: {kk: v for kk, v in r.items() if kk != "step_s_all"}
+                       for k, r in refs.items()},
+         "ratio_vs_best_reference": ratio}
+  fmt = lambda r: f"{r['images_per_s']:.2f}" if r.get("images_per_s") else "n/a"
+  util = ours["utilisation"]
+  print(f"| {args.case} | {ours['images_per_s']:.2f} | {fmt(refs['eager'])} | "
+        f"{fmt(refs['compiled']) if 'compiled' in refs else '-'} | "
+        f"{ratio:.2f}x | {100 * util:.0f}% | "
+        f"{ours.get('compiled_bytes', 0) / 2**20:.0f} MiB |" if util else "")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(row, f, indent=2)
+  return row
+
+
+if __name__ == "__main__":
+  main()
