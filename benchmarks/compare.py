@@ -6,6 +6,8 @@ Cases:
   proteus_vits_112  Proteus step: ViT-S/14 student <- ViT-B/14 teacher, 112 px, batch 16, fp32
   vitb14_224        teacher inference: DINOv2 ViT-B/14 at 224 px, batch 16
   effnet_lite0_224  teacher inference: EfficientNet-Lite0 (shipped weights) at 224 px, batch 16
+  proteus_tiny      Proteus step at toy shapes: 2-block ViT-Ti/16 <- ViT-Ti/16, 32 px, batch 4
+                    (what the test suite runs)
 Ours runs first (XLA), then the reference eager and with torch.compile; the ratio is our
 images/s over the reference's best. Weights are random except EfficientNet-Lite0's.
 """
@@ -40,6 +42,13 @@ def ours_proteus_vits(image_size, batch):
   return c
 
 
+def ours_proteus_tiny():
+  c = ours_proteus_vits(32, 4)
+  c.student.name, c.student.overrides = "vit_tiny_patch16", {"depth": 2}
+  c.teacher.path = "random:vit_tiny_patch16"
+  return c
+
+
 def ours_inference(teacher, image_size, batch):
   c = _config("demo")
   c.teacher, c.image_size, c.batch_size = teacher, image_size, batch
@@ -50,6 +59,9 @@ CASES = {
     "proteus_vits_112": (lambda: ours_proteus_vits(112, 16),
                          dict(step="proteus", student="vit_small", teacher="vit_base", patch=14,
                               image_size=112, batch=16, attention="sdpa")),
+    "proteus_tiny": (ours_proteus_tiny,
+                     dict(step="proteus", student="vit_tiny", teacher="vit_tiny", patch=16,
+                          image_size=32, batch=4, depth=2, attention="sdpa")),
     "vitb14_224": (lambda: ours_inference("random:vit_base_patch14_dinov2", 224, 16),
                    dict(step="inference", model="dinov2_vitb14", image_size=224, batch=16,
                         attention="sdpa")),

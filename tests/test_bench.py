@@ -3,6 +3,8 @@ assertions)."""
 import json
 import os
 
+import pytest
+
 
 from kt_jax import bench
 from kt_jax.models import create
@@ -41,3 +43,15 @@ def test_analytic_vit_flops_close_to_xla():
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   analytic = bench.vit_forward_flops(module, (64, 64))
   assert abs(cost["flops"] - analytic) / analytic < 0.1
+
+
+def test_compare_runs_ours_and_the_reference_in_one_invocation(tmp_path):
+  from test_configs import load as load_file
+  compare = load_file(os.path.join(ROOT, "benchmarks", "compare.py"))
+  row = compare.main(["--case", "proteus_tiny", "--steps", "1", "--warmup", "1",
+                      "--no-compile", "--json", str(tmp_path / "row.json")])
+  saved = json.loads((tmp_path / "row.json").read_text())
+  assert saved["ours"]["images_per_s"] > 0
+  assert saved["reference"]["eager"]["images_per_s"] > 0
+  assert saved["ratio_vs_best_reference"] == pytest.approx(
+      row["ours"]["images_per_s"] / row["reference"]["eager"]["images_per_s"])
