@@ -58,3 +58,11 @@ def test_sigterm_checkpoints_and_resumes(tmp_path):
   steps = [s for s, _ in losses(tmp_path)]
   assert steps == list(range(1, kept + 3))
   assert json.loads((tmp_path / "summary.json").read_text())["completed"]
+
+
+def test_resuming_with_another_model_is_a_clear_error(tmp_path):
+  from kt_jax.train import checkpoint
+  stages.run(tiny_config(total_steps=4, stop_after_steps=2), str(tmp_path))
+  wider = tiny_config(total_steps=4, **{"student.overrides": {"depth": 3}})
+  with pytest.raises(checkpoint.CheckpointDoesNotFitError, match="does not fit this run's model"):
+    stages.run(wider, str(tmp_path))

@@ -12,6 +12,10 @@ import jax
 import orbax.checkpoint as ocp
 
 
+class CheckpointDoesNotFitError(ValueError):
+  """Resuming a workdir whose checkpoint holds another model's state."""
+
+
 class Checkpointer:
   def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -30,8 +34,14 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, Any]:
     """(state placed with the shardings of `abstract_state`, data iterator state)."""
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    except (ValueError, KeyError, TypeError) as e:
+      raise CheckpointDoesNotFitError(
+          f"The checkpoint at step {step} in {self.directory} does not fit this run's model "
+          f"(was the config changed?). Use a fresh --workdir, or the config it was written "
+          f"with. Details: {str(e)[:500]}") from e
     return restored["state"], restored["data"]
 
   def wait(self) -> None:
