@@ -63,3 +63,13 @@ def _shifted_depthwise(x, kernel, stride, pads):
       term = window * kernel[i, j, 0]
       acc = term if acc is None else acc + term
   return acc
+
+
+def feature_map_outputs(feature_map) -> dict:
+  """A CNN's final feature map under DINOv2's names, so CNNs plug into the same losses and
+  evaluators as ViTs: the global-average-pooled feature plays the class token and the map,
+  flattened row-major, the patch tokens (no extra norm is applied)."""
+  b, h, w, c = feature_map.shape
+  return {"x_norm_clstoken": feature_map.mean(axis=(1, 2)),
+          "x_norm_patchtokens": feature_map.reshape(b, h * w, c),
+          "feature_map": feature_map}

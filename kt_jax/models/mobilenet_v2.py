@@ -110,13 +110,9 @@ class MobileNetV2(nn.Module):
     return self._outputs(x, train)
 
   def _outputs(self, feature_map, train: bool):
-    b, h, w, c = feature_map.shape
-    pooled = feature_map.mean(axis=(1, 2))
-    out = {"x_norm_clstoken": pooled,
-           "x_norm_patchtokens": feature_map.reshape(b, h * w, c),
-           "feature_map": feature_map}
+    out = layers.feature_map_outputs(feature_map)
     if self.num_classes > 0:
-      pooled = nn.Dropout(self.dropout_rate)(pooled, deterministic=not train)
+      pooled = nn.Dropout(self.dropout_rate)(out["x_norm_clstoken"], deterministic=not train)
       out["logits"] = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(pooled)
     return out
 

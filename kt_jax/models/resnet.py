@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kt_jax.models import registry
+from kt_jax.models import layers, registry
 
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu"), untruncated.
 _CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -107,13 +107,9 @@ class ResNet(nn.Module):
     return self._outputs(x.astype(jnp.float32))
 
   def _outputs(self, feature_map):
-    b, h, w, c = feature_map.shape
-    pooled = jnp.mean(feature_map, axis=(1, 2))
-    out = {"x_norm_clstoken": pooled,
-           "x_norm_patchtokens": feature_map.reshape(b, h * w, c),
-           "feature_map": feature_map}
+    out = layers.feature_map_outputs(feature_map)
     if self.num_classes > 0:
-      logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(pooled)
+      logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(out["x_norm_clstoken"])
       out["logits"] = logits.astype(jnp.float32)
     return out
 
