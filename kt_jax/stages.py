@@ -35,7 +35,7 @@ def prepare_workdir(workdir: str) -> str:
   workdir = os.path.abspath(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_probe")
+    probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
@@ -52,15 +52,19 @@ def run(config, workdir: str) -> dict:
     logging.info("Stage %s already finished in %s; skipping.", config.stage, workdir)
     with open(done) as f:
       return json.load(f)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  import jax
+  is_main = jax.process_index() == 0  # files are written once, by process 0
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   start = time.time()
   summary = fn(config, workdir)
   summary = dict(summary, stage=config.stage, seconds=round(time.time() - start, 1))
   if not summary.get("completed", True):  # stopped early on purpose: resumable, not done
     return summary
-  with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
-    json.dump(summary, f, indent=2)
+  if is_main:
+    with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
+      json.dump(summary, f, indent=2)
   logging.info("Stage %s done in %.1f s; summary in %s", config.stage, summary["seconds"],
                os.path.join(workdir, SUMMARY_FILE))
   return summary

@@ -8,6 +8,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+TRAINING_STAGES = ("proteus",)
 TRAINING_KEYS = ("stage", "seed", "batch_size", "total_steps", "epochs", "log_every_steps",
                  "checkpoint_every_steps", "eval_every_steps", "mesh")
 
@@ -24,10 +25,17 @@ def test_config_loads_and_documents_its_command(path):
   module = load(path)
   name = os.path.basename(path)
   assert f"python -m kt_jax.main --config=configs/{name}" in module.__doc__
-  config = module.get_config()
+  _check_stage(module.get_config())
+
+
+def _check_stage(config):
   from kt_jax import stages
   stages.resolve(config.stage)
-  if config.stage != "frozen_eval":
+  if config.stage == "pipeline":
+    assert sorted(config.order) == sorted(config.stages)
+    for name in config.order:
+      _check_stage(config.stages[name])
+  elif config.stage in TRAINING_STAGES:
     for key in TRAINING_KEYS:
       assert key in config, key
 

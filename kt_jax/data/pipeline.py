@@ -4,12 +4,12 @@ Both loaders are `grain.IterDataset`s built with the dataset API:
 
   source -> seed -> shuffle -> [repeat each sample r times] -> repeat(epochs)
          -> transforms (Decode first; per-record rngs keyed by the *global* position)
-         -> [: whole global batches] -> [shard_index::shard_count]
+         -> [: whole global batches] -> this process's block of each global batch
          -> to_iter_dataset (threads) -> drop undecodable records -> batch -> mp_prefetch
 
-Every process reads a disjoint interleaved slice of the same global stream, so shards are
-disjoint, cover each epoch, and the augmentation a record gets does not depend on how
-many processes or workers read it. `iter(loader)` gives a grain iterator whose
+Every process reads a disjoint block of each global batch of the same global stream, so
+shards are disjoint and cover each epoch, the global batch is the same for any process count,
+and the augmentation a record gets does not depend on how many processes or workers read it. `iter(loader)` gives a grain iterator whose
 `get_state()`/`set_state()` resume exactly (the state is the position in the stream plus
 the bad-record tally; it is JSON, as Orbax's grain handler expects).
 
@@ -85,6 +85,30 @@ class _RepeatEach(grain.MapDataset):
 
   def __str__(self) -> str:
     return f"_RepeatEach(times={self._times})"
+
+
+class _BlockShard(grain.MapDataset):
+  """Of each global batch of `global_batch` records, shard p reads the contiguous block
+  [p * local, (p + 1) * local). Concatenating the processes' local batches in process order
+  (what `jax.make_array_from_process_local_data` does) then rebuilds exactly the global batch
+  one process would read, so 1 and N processes train on identical batches, row for row."""
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int, index: int, count: int):
+    super().__init__(parent)
+    self._global, self._local, self._index = global_batch, global_batch // count, index
+    self._length = len(parent) // count
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    batch, offset = divmod(index, self._local)
+    return self._parent[batch * self._global + self._index * self._local + offset]
+
+  def __str__(self) -> str:
+    return f"_BlockShard(index={self._index}, local={self._local})"
 
 
 class _PadToMultiple(grain.MapDataset):
@@ -249,7 +273,7 @@ def make_train_loader(source, transforms: Sequence[Any], global_batch_size: int,
   ds = _apply(ds.repeat(num_epochs), transforms)
   if len(ds) < sys.maxsize:
     ds = ds[:len(ds) // global_batch_size * global_batch_size]
-  ds = ds[shard_index::shard_count]
+  ds = _BlockShard(ds, global_batch_size, shard_index, shard_count)
   return _finish(ds, source, local_batch, worker_count, read_options)
 
 
