@@ -21,6 +21,7 @@ def training_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 0       # 0: evaluate at the end only
   c.keep_checkpoints = 3
   c.stop_after_steps = 0       # >0: end this invocation after N steps, resumable
+  c.log_sample_ids = False     # write the sample ids of every step to sample_ids.jsonl
   c.async_checkpoints = True
   c.mesh = ml_collections.ConfigDict({"data": -1})  # axis -> size; -1: remaining devices
   # (regex on 'params/student/blocks_0/attn/qkv/kernel'-style paths, spec per dimension or

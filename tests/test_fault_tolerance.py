@@ -66,3 +66,40 @@ def test_resuming_with_another_model_is_a_clear_error(tmp_path):
   wider = tiny_config(total_steps=4, **{"student.overrides": {"depth": 3}})
   with pytest.raises(checkpoint.CheckpointDoesNotFitError, match="does not fit this run's model"):
     stages.run(wider, str(tmp_path))
+
+
+def _ids(workdir):
+  with open(os.path.join(workdir, "sample_ids.jsonl")) as f:
+    return [(r["step"], r["ids"]) for r in map(json.loads, f)]
+
+
+def test_sigkill_at_several_steps_then_resume_is_bit_identical(tmp_path):
+  """Killed without warning twice (async checkpoints on), restarted with the same command:
+  the same losses, parameters and samples, none repeated or skipped, as a run never killed."""
+  flags = ["--config.total_steps=12", "--config.checkpoint_every_steps=2",
+           "--config.log_sample_ids=True", "--config.async_checkpoints=True"]
+  straight = tiny_config(total_steps=12, checkpoint_every_steps=2, log_sample_ids=True)
+  stages.run(straight, str(tmp_path / "straight"))
+  workdir = tmp_path / "killed"
+  metrics = workdir / "metrics.jsonl"
+  for kill_after in (3, 7):
+    proc = subprocess.Popen(_RUN + [f"--workdir={workdir}"] + flags, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+      if metrics.exists() and len(metrics.read_text().splitlines()) >= kill_after:
+        break
+      time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+  done = subprocess.run(_RUN + [f"--workdir={workdir}"] + flags, cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert losses(tmp_path / "straight") == losses(workdir)
+  assert _ids(tmp_path / "straight") == _ids(workdir)
+  assert [s for s, _ in _ids(workdir)] == list(range(1, 13))
+  import jax
+  from test_trainer import final_params
+  for x, y in zip(jax.tree.leaves(final_params(tmp_path / "straight", 12)),
+                  jax.tree.leaves(final_params(workdir, 12))):
+    np.testing.assert_array_equal(x, y)

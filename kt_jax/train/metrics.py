@@ -9,6 +9,7 @@ from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 METRICS_FILE = "metrics.jsonl"
+IDS_FILE = "sample_ids.jsonl"
 
 
 class MetricWriter:
@@ -19,8 +20,9 @@ class MetricWriter:
     self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                      dynamic_ncols=True, disable=not enabled)
     self._last = (time.perf_counter(), start_step)
-    if enabled and start_step == 0 and os.path.exists(self.path):
-      os.remove(self.path)  # a fresh run starts a fresh history
+    for name in (METRICS_FILE, IDS_FILE, "eval.jsonl"):
+      if enabled and start_step == 0 and os.path.exists(os.path.join(workdir, name)):
+        os.remove(os.path.join(workdir, name))  # a fresh run starts a fresh history
 
   @property
   def path(self) -> str:
@@ -28,12 +30,14 @@ class MetricWriter:
 
   def truncate_after(self, step: int) -> None:
     """On resume, drop lines logged after the checkpoint we resume from (they will recur)."""
-    if not (self.enabled and os.path.exists(self.path)):
-      return
-    with open(self.path) as f:
-      rows = [line for line in f if json.loads(line)["step"] <= step]
-    with open(self.path, "w") as f:
-      f.writelines(rows)
+    for name in (METRICS_FILE, IDS_FILE, "eval.jsonl"):
+      path = os.path.join(self.workdir, name)
+      if not (self.enabled and os.path.exists(path)):
+        continue
+      with open(path) as f:
+        rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+      with open(path, "w") as f:
+        f.writelines(rows)
 
   def write(self, step: int, metrics: dict) -> None:
     now, (then, last_step) = time.perf_counter(), self._last
@@ -50,6 +54,12 @@ class MetricWriter:
     self._tb.add_scalar("img_per_sec", rate, step)
     self._bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4g}", img_s=f"{rate:.1f}")
     self._bar.update(step - self._bar.n)
+
+  def write_ids(self, step: int, ids) -> None:
+    """Which samples a step saw (`log_sample_ids`): proves a resume neither repeats nor skips."""
+    if self.enabled:
+      with open(os.path.join(self.workdir, IDS_FILE), "a") as f:
+        f.write(json.dumps({"step": int(step), "ids": [int(i) for i in ids]}) + "\n")
 
   def write_eval(self, step: int, metrics: dict) -> None:
     if not self.enabled:

@@ -182,7 +182,10 @@ def train(config, workdir: str, objective: Objective, loader, steps_per_epoch: i
   try:
     stop_signal.__enter__()
     for step in range(start_step + 1, sched.total_steps + 1):
-      batch = sharding.global_batch(next(iterator), mesh)
+      local_batch = next(iterator)
+      if config.get("log_sample_ids") and "id" in local_batch:
+        writer.write_ids(step, local_batch["id"])
+      batch = sharding.global_batch(local_batch, mesh)
       state, step_metrics = step_fn(state, batch, frozen)
       pending.append((step, step_metrics))
       is_last = step == sched.total_steps
