@@ -86,16 +86,17 @@ def test_objective_loss_equals_numpy_on_its_own_outputs():
   """The objective wires views, heads and teacher as the official forward does."""
   obj = _tiny_objective(mask_probability=0.5, mask_ratio=(0.5,))
   images = jnp.asarray(np.random.RandomState(0).randn(4, 32, 32, 3), jnp.float32)
-  params, _ = obj.init(jax.random.key(1), {"image": images})
+  params, _ = jax.jit(obj.init)(jax.random.key(1), {"image": images})
   rng = jax.random.key(5)
-  total, (metrics, _) = obj.loss(params, {}, obj.frozen(), {"image": images}, rng)
+  total, (metrics, _) = jax.jit(obj.loss)(params, {}, obj.frozen(), {"image": images}, rng)
   # Recompute independently: teacher once, student plain and masked separately.
   mask = np.asarray(masking.proteus_masks(jax.random.split(rng)[0], 4, 4, 0.5, (0.5,)))
-  t = obj.teacher.apply(obj.frozen(), images)
-  plain = obj.student.apply({"params": params["student"]}, images)
-  masked = obj.student.apply({"params": params["student"]}, images, jnp.asarray(mask))
-  heads = obj.heads.apply({"params": params["heads"]}, plain["x_norm_clstoken"],
-                          plain["x_norm_patchtokens"], masked["x_norm_patchtokens"])
+  t = jax.jit(obj.teacher.apply)(obj.frozen(), images)
+  student = jax.jit(obj.student.apply)
+  plain = student({"params": params["student"]}, images)
+  masked = student({"params": params["student"]}, images, jnp.asarray(mask))
+  heads = jax.jit(obj.heads.apply)({"params": params["heads"]}, plain["x_norm_clstoken"],
+                                   plain["x_norm_patchtokens"], masked["x_norm_patchtokens"])
   ref = _np_proteus(*[np.asarray(h) for h in heads], np.asarray(t["x_norm_clstoken"]),
                     np.asarray(t["x_norm_patchtokens"]), mask)
   np.testing.assert_allclose(float(total), sum(ref), rtol=1e-5)

@@ -67,6 +67,7 @@ def test_tiny_config_end_to_end(tmp_path):
   assert stages.run(config, str(tmp_path))["seconds"] == summary["seconds"]
 
 
+@pytest.mark.slow  # test_fault_tolerance's SIGKILL test checks the same, and more, by default
 def test_stop_and_resume_is_bit_identical(tmp_path):
   stages.run(tiny_config(), str(tmp_path / "straight"))
   stopped = stages.run(tiny_config(stop_after_steps=3), str(tmp_path / "resumed"))
