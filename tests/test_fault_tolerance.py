@@ -103,3 +103,46 @@ def test_sigkill_at_several_steps_then_resume_is_bit_identical(tmp_path):
   for x, y in zip(jax.tree.leaves(final_params(tmp_path / "straight", 12)),
                   jax.tree.leaves(final_params(workdir, 12))):
     np.testing.assert_array_equal(x, y)
+
+
+def _photo_folder(root, bad: bool):
+  """Real photos (scikit-image) as JPEG/PNG in two class folders, plus broken files."""
+  import skimage.data
+  from PIL import Image
+  for cls, names in {"animals": ("chelsea", "coffee"), "space": ("astronaut", "rocket")}.items():
+    os.makedirs(root / cls, exist_ok=True)
+    for name in names:
+      image = Image.fromarray(getattr(skimage.data, name)())
+      image.save(root / cls / f"{name}.jpg")
+      image.convert("L").save(root / cls / f"{name}_grey.png")
+  if bad:
+    (root / "animals" / "zero.jpg").write_bytes(b"")
+    (root / "space" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    data = (root / "animals" / "chelsea.jpg").read_bytes()
+    (root / "space" / "truncated.jpg").write_bytes(data[: len(data) // 3])
+
+
+def test_training_on_an_image_folder_with_broken_files(tmp_path):
+  _photo_folder(tmp_path / "images", bad=True)
+  config = tiny_config(**{"data.source": "image_folder", "data.path": str(tmp_path / "images"),
+                          "total_steps": 4, "checkpoint_every_steps": 4})
+  summary = stages.run(config, str(tmp_path / "run"))
+  assert summary["completed"] and summary["bad_records"] >= 2
+  rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  assert rows[-1]["bad_records"] >= 2 and all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_a_folder_without_one_readable_image_is_an_error(tmp_path):
+  (tmp_path / "images").mkdir()
+  (tmp_path / "images" / "a.jpg").write_bytes(b"garbage")
+  (tmp_path / "images" / "b.png").write_bytes(b"")
+  config = tiny_config(**{"data.source": "image_folder", "data.path": str(tmp_path / "images")})
+  with pytest.raises(ValueError, match="No readable image"):
+    stages.run(config, str(tmp_path / "run"))
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  with pytest.raises(SystemExit, match="not writable"):
+    stages.run(tiny_config(), str(blocker / "run"))

@@ -138,18 +138,24 @@ class _PadToMultiple(grain.MapDataset):
 class _DropInvalidIterator(grain.DatasetIterator):
   """Skips records `Decode` marked (image=None); the tally is part of the state."""
 
-  def __init__(self, parent, describe: Callable[[int], str] | None):
+  def __init__(self, parent, describe: Callable[[int], str] | None, source_size: int):
     super().__init__(parent)
     self._describe = describe
     self._count = 0
     self._ids = []
+    self._source_size = source_size
 
   def __next__(self):
+    in_a_row = 0
     while True:
       record = next(self._parent)
       if record is None or record.get("image") is not None:
         return record
       self._count += 1
+      in_a_row += 1
+      if in_a_row > max(self._source_size, 1):  # a whole pass without one readable image
+        raise ValueError(f"No readable image: the last {in_a_row} records (the whole source) "
+                         f"could not be decoded, e.g. {record.get('error')}")
       if len(self._ids) < _KEEP_BAD_IDS:
         self._ids.append(int(record["id"]))
       if self._count <= _LOG_FIRST:
@@ -168,12 +174,13 @@ class _DropInvalidIterator(grain.DatasetIterator):
 
 class _DropInvalid(grain.IterDataset):
 
-  def __init__(self, parent: grain.IterDataset, describe=None):
+  def __init__(self, parent: grain.IterDataset, describe=None, source_size: int = 0):
     super().__init__(parent)
     self._describe = describe
+    self._source_size = source_size
 
   def __iter__(self):
-    return _DropInvalidIterator(self._parent.__iter__(), self._describe)
+    return _DropInvalidIterator(self._parent.__iter__(), self._describe, self._source_size)
 
   def __str__(self) -> str:
     return "_DropInvalid"
@@ -237,7 +244,8 @@ def _finish(ds: grain.MapDataset, source, local_batch: int, worker_count: int,
             read_options: grain.ReadOptions | None, batch_fn=None, drop_remainder=True):
   read_options = read_options or grain.ReadOptions(
       num_threads=8, prefetch_buffer_size=2 * local_batch)
-  it = _DropInvalid(ds.to_iter_dataset(read_options), getattr(source, "describe", None))
+  it = _DropInvalid(ds.to_iter_dataset(read_options), getattr(source, "describe", None),
+                    len(source))
   it = it.batch(local_batch, drop_remainder=drop_remainder, batch_fn=batch_fn)
   if worker_count > 0:
     # grain's worker start-up reads absl flags; outside absl.app nobody parsed them (their

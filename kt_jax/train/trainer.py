@@ -203,6 +203,8 @@ def train(config, workdir: str, objective: Objective, loader, steps_per_epoch: i
               f"Non-finite {bad[1]} at step {bad[0]}; stopping. The last good checkpoint "
               f"(step {ckpt.latest_step()}) in {ckpt.directory} is kept.")
         last = {k: float(v) for k, v in host[-1][1].items()}
+        if hasattr(loader, "bad_records"):  # undecodable images skipped so far
+          last["bad_records"] = float(loader.bad_records())
         writer.write(step, last)
       if save_now:
         ckpt.save(step, state, loader.get_state(), config_json)
