@@ -115,6 +115,8 @@ def _photo_folder(root, bad: bool):
       image = Image.fromarray(getattr(skimage.data, name)())
       image.save(root / cls / f"{name}.jpg")
       image.convert("L").save(root / cls / f"{name}_grey.png")
+  Image.fromarray(np.full((3, 2, 3), 200, np.uint8)).save(root / "space" / "tiny.png")  # 3x2 px
+  Image.fromarray(skimage.data.chelsea()).convert("CMYK").save(root / "animals" / "cmyk.jpg")
   if bad:
     (root / "animals" / "zero.jpg").write_bytes(b"")
     (root / "space" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
