@@ -42,8 +42,16 @@ def batch_divisor(mesh: Mesh) -> int:
 
 
 def put_batch(batch, mesh: Mesh):
-  """Places a host batch (a pytree of arrays, leading axis = batch) split over the data axes."""
-  return jax.device_put(batch, batch_sharding(mesh))
+  """Places a host batch that every process holds whole (a pytree of arrays, leading axis =
+  batch) split over the data axes; each process contributes only its devices' rows."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]), batch)
+
+
+def to_host(x) -> np.ndarray:
+  """A replicated array as NumPy on every process (also when it spans several processes)."""
+  return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
 
 
 def pad_to_multiple(x: np.ndarray, multiple: int) -> tuple[np.ndarray, int]:

@@ -1,5 +1,6 @@
 """Two processes on localhost (CPU collectives over gloo) train the tiny Proteus config and
 reach the same losses and parameters as one process with the same global batch and seed."""
+import json
 import os
 import socket
 import subprocess
@@ -10,7 +11,11 @@ import numpy as np
 from test_trainer import ROOT, losses
 
 _CMD = [sys.executable, "-m", "kt_jax.main", "--config=tests/tiny_proteus_config.py",
-        "--config.total_steps=4", "--config.checkpoint_every_steps=4"]
+        "--config.total_steps=4", "--config.checkpoint_every_steps=4",
+        # Evaluation runs across the processes too: kNN / probe on a small photo task.
+        "--config.eval.tasks=('photos',)", "--config.eval.before_training=False",
+        "--config.eval.task_options.photos.crops_per_photo=4",
+        "--config.eval.task_options.photos.crop_size=64"]
 
 _DUMP = r"""
 import sys, jax, numpy as np, orbax.checkpoint as ocp
@@ -51,6 +56,11 @@ def test_two_processes_match_one(tmp_path):
   for (s1, l1), (s2, l2) in zip(losses(tmp_path / "one"), losses(tmp_path / "two"), strict=True):
     assert s1 == s2
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
+  evals = [json.loads((tmp_path / run / "eval.jsonl").read_text().splitlines()[-1])
+           for run in ("one", "two")]
+  assert evals[0].keys() == evals[1].keys() and "student/photos/knn_top1" in evals[0]
+  for key in evals[0]:
+    assert abs(evals[0][key] - evals[1][key]) <= 0.05, key  # float ties may flip a neighbour
   a, b = _params(tmp_path / "one", tmp_path / "a.npz"), _params(tmp_path / "two", tmp_path / "b.npz")
   assert len(a.files) == len(b.files) > 10
   for key in a.files:

@@ -46,5 +46,5 @@ def extract_features(module: nn.Module, variables, images: np.ndarray, spec: Inp
     batch, n = sharding.pad_to_multiple(images[start:start + batch_size], batch_size)
     out = fn(variables, sharding.put_batch(batch, mesh))
     for k, v in out.items():
-      chunks.setdefault(k, []).append(np.asarray(v)[:n])
+      chunks.setdefault(k, []).append(sharding.to_host(v)[:n])
   return {k: np.concatenate(v) for k, v in chunks.items()}
