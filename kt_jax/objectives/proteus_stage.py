@@ -44,7 +44,7 @@ def build_objective(config) -> proteus.Proteus:
       dtype=dtype)
 
 
-def make_evaluate(config, objective, workdir: str):
+def make_evaluate(config, objective):
   """Scores the student (and its EMA) on the config's labelled tasks; the teacher once."""
   if not config.eval.tasks:
     return None, {}
@@ -70,7 +70,7 @@ def make_evaluate(config, objective, workdir: str):
 def run(config, workdir: str) -> dict:
   objective = build_objective(config)
   stream, steps_per_epoch = builder.build_train_stream(config)
-  evaluate, teacher_scores = make_evaluate(config, objective, workdir)
+  evaluate, teacher_scores = make_evaluate(config, objective)
   before = {}
   if evaluate is not None and config.eval.get("before_training", True):
     # Step-0 scores of the freshly initialised student (same seed as the run's init).
