@@ -1,4 +1,4 @@
-"""Layers shared by the CNNs.
+"""Layers shared by the models.
 
 `DepthwiseConv` exists for speed: XLA:CPU runs grouped convolutions (feature_group_count =
 channels) 5-10x slower than the same arithmetic written as k*k shifted multiply-adds, which
@@ -6,6 +6,7 @@ it fuses into one loop. On GPU/TPU the native grouped convolution is used. Param
 those of `nn.Conv(..., feature_group_count=C)`: a (k, k, 1, C) kernel, so checkpoints and
 param paths do not depend on the backend.
 """
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -73,3 +74,20 @@ def feature_map_outputs(feature_map) -> dict:
   return {"x_norm_clstoken": feature_map.mean(axis=(1, 2)),
           "x_norm_patchtokens": feature_map.reshape(b, h * w, c),
           "feature_map": feature_map}
+
+
+def tokens_2d(fn):
+  """Runs `fn` on (tokens, width) and restores the leading dims.
+
+  Why: differentiating a Dense over (B, T, D) gives a weight-gradient dot that contracts two
+  dims, for which XLA:CPU materialises a transposed copy of the output gradient and leaves
+  the library (YNNPACK) kernels; over (B*T, D) it is one plain dot. Measured on the 2-core
+  CPU for a 384->1536 Dense at 32x65 tokens: forward+backward 92-100 ms on 3-D input against
+  53-61 ms on 2-D input. The reshape itself is free (a bitcast).
+  """
+  @functools.wraps(fn)
+  def wrapped(self, x):
+    lead = x.shape[:-1]
+    y = fn(self, x.reshape(-1, x.shape[-1]))
+    return y.reshape(*lead, y.shape[-1])
+  return wrapped

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from kt_jax.models import registry
 from kt_jax.models.attention import dot_product_attention
 from kt_jax.models.interpolate import resample_grid_matrices
+from kt_jax.models.layers import tokens_2d
 
 Dtype = Any
 _dense_init = nn.initializers.truncated_normal(0.02)
@@ -48,12 +49,14 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, t, d = x.shape
+    x = x.reshape(b * t, d)  # see layers.tokens_2d
     qkv = nn.Dense(3 * d, use_bias=self.qkv_bias, dtype=self.dtype, kernel_init=_dense_init,
                    name="qkv")(x)
     q, k, v = jnp.split(qkv.reshape(b, t, 3, self.num_heads, d // self.num_heads), 3, axis=2)
     out = dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], self.implementation)
-    return nn.Dense(d, use_bias=self.proj_bias, dtype=self.dtype, kernel_init=_dense_init,
-                    name="proj")(out.reshape(b, t, d))
+    out = nn.Dense(d, use_bias=self.proj_bias, dtype=self.dtype, kernel_init=_dense_init,
+                   name="proj")(out.reshape(b * t, d))
+    return out.reshape(b, t, d)
 
 
 class Mlp(nn.Module):
@@ -62,6 +65,7 @@ class Mlp(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
+  @tokens_2d
   def __call__(self, x):
     h = _gelu(nn.Dense(self.hidden_dim, use_bias=self.bias, dtype=self.dtype,
                        kernel_init=_dense_init, name="fc1")(x))
@@ -76,6 +80,7 @@ class SwiGLU(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
+  @tokens_2d
   def __call__(self, x):
     hidden = (int(self.hidden_dim * 2 / 3) + 7) // 8 * 8
     x12 = nn.Dense(2 * hidden, use_bias=self.bias, dtype=self.dtype, kernel_init=_dense_init,

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kt_jax.models.layers import tokens_2d
 from kt_jax.models.registry import InputSpec
 from kt_jax.objectives import losses, masking
 
@@ -24,6 +25,7 @@ class ProjectionHead(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
+  @tokens_2d
   def __call__(self, x):
     x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(x)  # torch's default eps
     return nn.Dense(self.out_dim, dtype=self.dtype, name="linear")(x)
