@@ -4,8 +4,13 @@
 
 Cases:
   proteus_vits_112  Proteus step: ViT-S/14 student <- ViT-B/14 teacher, 112 px, batch 16, fp32
+  task_distill_resnet18_224  task distillation: ResNet-18 student <- ViT-S/14 classifier (10
+                    classes), 224 px, batch 16, KL at T=1
+  task_distill_vitti_224     the same with a ViT-Ti/16 student
   vitb14_224        teacher inference: DINOv2 ViT-B/14 at 224 px, batch 16
   effnet_lite0_224  teacher inference: EfficientNet-Lite0 (shipped weights) at 224 px, batch 16
+  proteus_tiny_config  the step of configs/proteus_tiny.py: 6-block ViT-Ti/32 <- the shipped
+                    EfficientNet-Lite0, 160 px (5x5 tokens), batch 32
   proteus_tiny      Proteus step at toy shapes: 2-block ViT-Ti/16 <- ViT-Ti/16, 32 px, batch 4
                     (what the test suite runs)
 Ours runs first (XLA), then the reference eager and with torch.compile; the ratio is our
@@ -49,6 +54,21 @@ def ours_proteus_tiny():
   return c
 
 
+def ours_task_distill(student, image_size, batch):
+  from kt_jax import config_defaults
+  c = config_defaults.task_distill_config()
+  c.teacher.path, c.teacher.num_classes = "random:vit_small_patch14_dinov2", 10
+  c.student.name = student
+  c.image_size, c.batch_size = image_size, batch
+  return c
+
+
+def ours_proteus_tiny_config():
+  c = _config("proteus_tiny")
+  c.eval.tasks = ()
+  return c
+
+
 def ours_inference(teacher, image_size, batch):
   c = _config("demo")
   c.teacher, c.image_size, c.batch_size = teacher, image_size, batch
@@ -62,6 +82,17 @@ CASES = {
     "proteus_tiny": (ours_proteus_tiny,
                      dict(step="proteus", student="vit_tiny", teacher="vit_tiny", patch=16,
                           image_size=32, batch=4, depth=2, attention="sdpa")),
+    "task_distill_resnet18_224": (
+        lambda: ours_task_distill("resnet18", 224, 16),
+        dict(step="task_distill", student="resnet18", teacher="vit_small", patch=14,
+             image_size=224, batch=16, attention="sdpa")),
+    "task_distill_vitti_224": (
+        lambda: ours_task_distill("vit_tiny_patch16", 224, 16),
+        dict(step="task_distill", student="vit_tiny", teacher="vit_small", patch=14,
+             image_size=224, batch=16, attention="sdpa")),
+    "proteus_tiny_config": (ours_proteus_tiny_config,
+                            dict(step="proteus", student="vit_tiny", teacher="efficientnet_lite0",
+                                 patch=32, image_size=160, batch=32, depth=6, attention="sdpa")),
     "vitb14_224": (lambda: ours_inference("random:vit_base_patch14_dinov2", 224, 16),
                    dict(step="inference", model="dinov2_vitb14", image_size=224, batch=16,
                         attention="sdpa")),

@@ -203,6 +203,21 @@ def efficientnet_lite0(image_size: int) -> nn.Module:
   return model
 
 
+class EfficientNetTokens(nn.Module):
+  """EfficientNet-Lite0 as a Proteus teacher, as kt_jax's configs/proteus_tiny.py uses it:
+  the pooled 1280-d feature plays the class token, the final feature map the patch tokens."""
+  embed_dim = 1280
+
+  def __init__(self, image_size: int):
+    super().__init__()
+    self.net = efficientnet_lite0(image_size)
+
+  def forward_features(self, x):
+    fmap = self.net.extract_features(x)
+    return {"x_norm_clstoken": fmap.mean((2, 3)),
+            "x_norm_patchtokens": fmap.flatten(2).transpose(1, 2)}
+
+
 def hf_dinov2(depth: Optional[int] = None) -> nn.Module:
   """`transformers.Dinov2Model`, random init, configured as DINOv2 ViT-B/14 (SDPA attention)."""
   from transformers import Dinov2Config, Dinov2Model
@@ -397,7 +412,12 @@ def make_proteus(student: str = "vit_small", teacher: str = "vit_base", patch: i
   """
   torch.manual_seed(seed)
   s = build_vit(student, patch, image_size, depth, attention).train()
-  t = frozen(build_vit(teacher, patch, HUB_IMG_SIZE, teacher_depth, attention))
+  if teacher == "efficientnet_lite0":  # the tiny config's CNN teacher (its shipped weights)
+    t = frozen(EfficientNetTokens(image_size))
+    teacher_flops = counted_forward_flops(t.forward_features, _images(1, image_size, seed))
+  else:
+    t = frozen(build_vit(teacher, patch, HUB_IMG_SIZE, teacher_depth, attention))
+    teacher_flops = vit_forward_flops(teacher, patch, image_size, teacher_depth)
   heads = nn.ModuleDict({name: projection_head(s.embed_dim, t.embed_dim)
                          for name in ("token_head", "fea_head", "patch_head")}).train()
   optimizer = adamw(s, heads)
@@ -413,10 +433,10 @@ def make_proteus(student: str = "vit_small", teacher: str = "vit_base", patch: i
   n_masked = int(batch * 0.5) * int(num_patches * 0.5)
   heads_flops = 2 * s.embed_dim * t.embed_dim * (batch + batch * num_patches + n_masked)
   flops = (3 * 2 * batch * vit_forward_flops(student, patch, image_size, depth)
-           + batch * vit_forward_flops(teacher, patch, image_size, teacher_depth)
-           + 3 * heads_flops) / batch
+           + batch * teacher_flops + 3 * heads_flops) / batch
   return Bench(step_fn, dict(student=f"dinov2.{student}/{patch}",
-                             teacher=f"dinov2.{teacher}/{patch}", attention=attention,
+                             teacher=(teacher if teacher == "efficientnet_lite0"
+                                      else f"dinov2.{teacher}/{patch}"), attention=attention,
                              analytic_flops_per_image=flops,
                              compiled=_compiled_part(compile_mode, COMPILED_LOSS)))
 

@@ -5,6 +5,10 @@ would, feeds it synthetic batches of the right shapes, and reports median/spread
 images/s, FLOPs per image from XLA's cost analysis (and an analytic count for ViTs), the
 utilisation of a matmul peak measured on the same device in the compute dtype, peak memory
 and compile time. Writes `bench.json` into --workdir and prints one table line.
+
+`--input_workers=0,2` also times the config's input pipeline (its data.source and path, its
+augmentations) per grain worker count, next to the step's images/s: whichever is lower
+bounds the run.
 """
 import json
 import os
@@ -23,6 +27,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config to benchmark."
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/kt_jax_bench", "Where bench.json goes.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+_INPUT_WORKERS = flags.DEFINE_list(
+    "input_workers", [], "Also time the config's input pipeline (decoded, augmented batches "
+    "from config.data) at each of these grain worker counts, e.g. 0,2,4.")
+_INPUT_BATCHES = flags.DEFINE_integer("input_batches", 10, "Timed batches per worker count.")
 
 
 def matmul_peak(dtype, seconds: float = 2.0) -> float:
@@ -78,10 +86,33 @@ def _memory(compiled) -> dict:
   return out
 
 
-def bench_proteus(config, steps: int, warmup: int) -> dict:
+def _train_objective(config):
+  if config.stage == "task_distill":
+    from kt_jax.objectives import task_distill_stage
+    return task_distill_stage.build_objective(config)
   from kt_jax.objectives import proteus_stage
+  return proteus_stage.build_objective(config)
+
+
+def _analytic_train_flops(objective, b: int, s: int) -> float | None:
+  """Forward FLOPs x3 for what trains (forward + ~2x backward), x1 for the frozen teacher;
+  None unless every network is a ViT (for CNNs XLA's count is the only one)."""
+  student = getattr(objective.student, "backbone", objective.student)
+  teacher = getattr(objective.teacher, "backbone", objective.teacher)
+  if not (isinstance(student, VisionTransformer) and isinstance(teacher, VisionTransformer)):
+    return None
+  if hasattr(objective, "num_patches"):  # Proteus: the student runs both views (2B)
+    flops = 3 * 2 * b * vit_forward_flops(student, (s, s)) + b * vit_forward_flops(teacher, (s, s))
+    d_s, d_t = student.embed_dim, objective.teacher_dim
+    return flops + 3 * 2 * b * (1 + 2 * objective.num_patches) * d_s * d_t  # three heads
+  n = objective.student.num_classes
+  return (3 * b * (vit_forward_flops(student, (s, s)) + 2 * student.embed_dim * n)
+          + b * (vit_forward_flops(teacher, (s, s)) + 2 * teacher.embed_dim * n))
+
+
+def bench_train(config, steps: int, warmup: int) -> dict:
   from kt_jax.train import trainer
-  objective = proteus_stage.build_objective(config)
+  objective = _train_objective(config)
   s, b = config.image_size, config.batch_size
   batch = {"image": np.random.RandomState(0).randn(b, s, s, 3).astype(np.float32)}
   setup = trainer.build(config, objective, {"image": batch["image"][:1]},
@@ -98,17 +129,8 @@ def bench_proteus(config, steps: int, warmup: int) -> dict:
     jax.block_until_ready(m["loss"])
 
   times = _time_steps(run_once, steps, warmup)
-  analytic = None  # counted only when every model is a ViT (CNN teachers: XLA's count only)
-  student = objective.student
-  if isinstance(student, VisionTransformer) and isinstance(objective.teacher, VisionTransformer):
-    # The student runs forward on both views (2B) and backward (~2x forward).
-    analytic = 3 * 2 * b * vit_forward_flops(student, (s, s))
-    analytic += b * vit_forward_flops(objective.teacher, (s, s))
-    n = objective.num_patches
-    d_s, d_t = student.embed_dim, objective.teacher_dim
-    analytic += 3 * 2 * b * (1 + 2 * n) * d_s * d_t  # three heads, forward + backward
   return dict(kind="train_step", compiled=compiled, times=times, compile_s=compile_s,
-              batch=b, analytic_flops=analytic)
+              batch=b, analytic_flops=_analytic_train_flops(objective, b, s))
 
 
 def bench_inference(config, steps: int, warmup: int) -> dict:
@@ -134,9 +156,32 @@ def bench_inference(config, steps: int, warmup: int) -> dict:
               analytic_flops=analytic)
 
 
-def run(config, workdir: str, steps: int = 10, warmup: int = 2) -> dict:
+def bench_input(config, workers: list[int], batches: int = 10, warmup: int = 2) -> list[dict]:
+  """Images/s of the config's own train stream (read, decode, augment, batch) per worker
+  count. Warm-up batches absorb the workers' start-up; the clock runs over `batches` more."""
+  from kt_jax.data import builder
+  rows = []
+  for w in workers:
+    cfg = config.copy_and_resolve_references()
+    with cfg.unlocked():
+      cfg.data.workers = int(w)
+    stream, _ = builder.build_train_stream(cfg)
+    for _ in range(warmup):
+      next(stream)
+    start = time.perf_counter()
+    images = sum(len(next(stream)["image"]) for _ in range(batches))
+    seconds = time.perf_counter() - start
+    rows.append(dict(source=cfg.data.source, path=cfg.data.get("path", ""), workers=int(w),
+                     batch=cfg.batch_size, images=images, seconds=seconds,
+                     images_per_s=images / seconds, bad_records=stream.bad_records()))
+    del stream  # stops its worker processes before the next count starts its own
+  return rows
+
+
+def run(config, workdir: str, steps: int = 10, warmup: int = 2,
+        input_workers: tuple[int, ...] = (), input_batches: int = 10) -> dict:
   dtype = jnp.dtype(config.get("compute_dtype", "float32"))
-  bench = bench_inference if config.stage == "frozen_eval" else bench_proteus
+  bench = bench_inference if config.stage == "frozen_eval" else bench_train
   result = bench(config, steps, warmup)
   times, b = result.pop("times"), result["batch"]
   compiled = result.pop("compiled")
@@ -156,6 +201,8 @@ def run(config, workdir: str, steps: int = 10, warmup: int = 2) -> dict:
       matmul_peak_flops=peak, utilisation=(xla_flops / median) / peak if xla_flops else None,
       compile_s=result["compile_s"], kind=result["kind"], **_memory(compiled),
       jax_version=jax.__version__, date=time.strftime("%Y-%m-%d"))
+  if input_workers and config.stage != "frozen_eval":
+    report["input_pipeline"] = bench_input(config, list(input_workers), input_batches)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "bench.json"), "w") as f:
     json.dump(report, f, indent=2)
@@ -164,12 +211,18 @@ def run(config, workdir: str, steps: int = 10, warmup: int = 2) -> dict:
         f"{median * 1e3:9.1f} ms/step  {report['images_per_s']:8.1f} img/s  "
         f"{report['xla_flops_per_image'] / 1e9:7.2f} GFLOP/img  util {util}  "
         f"compile {report['compile_s']:.1f} s")
+  for row in report.get("input_pipeline", []):
+    bound = "data-bound" if row["images_per_s"] < report["images_per_s"] else "compute-bound"
+    print(f"input       {row['source']:<12} workers {row['workers']:<3} "
+          f"{row['images_per_s']:8.1f} img/s decoded+augmented   model {report['images_per_s']:.1f} "
+          f"img/s: {bound}")
   return report
 
 
 def main(argv):
   del argv
-  run(_CONFIG.value, _WORKDIR.value, _STEPS.value, _WARMUP.value)
+  run(_CONFIG.value, _WORKDIR.value, _STEPS.value, _WARMUP.value,
+      tuple(int(w) for w in _INPUT_WORKERS.value), _INPUT_BATCHES.value)
 
 
 if __name__ == "__main__":

@@ -86,3 +86,13 @@ def proteus_config() -> ml_collections.ConfigDict:
       "lambda_token": 1.0, "lambda_fea": 1.0, "lambda_patch": 1.0,
       "mask_probability": 0.5, "mask_ratio": (0.5,), "mask_first_n": True})
   return c
+
+
+def task_distill_config() -> ml_collections.ConfigDict:
+  c = training_config()
+  c.stage = "task_distill"
+  c.teacher = ml_collections.ConfigDict({"path": "", "num_classes": 10})
+  c.student = ml_collections.ConfigDict({"name": "resnet18",
+                                         "overrides": ml_collections.ConfigDict()})
+  c.task_distill = ml_collections.ConfigDict({"temperature": 1.0})
+  return c

@@ -3,6 +3,7 @@ assertions)."""
 import json
 import os
 
+import numpy as np
 import pytest
 
 
@@ -55,3 +56,28 @@ def test_compare_runs_ours_and_the_reference_in_one_invocation(tmp_path):
   assert saved["reference"]["eager"]["images_per_s"] > 0
   assert saved["ratio_vs_best_reference"] == pytest.approx(
       row["ours"]["images_per_s"] / row["reference"]["eager"]["images_per_s"])
+
+
+def test_input_pipeline_benchmark_folder_and_arrayrecord(tmp_path):
+  """Decoded, augmented images/s from a JPEG folder and its ArrayRecord copy, per worker
+  count, with a corrupt file counted rather than fatal."""
+  from PIL import Image
+  from kt_jax.data import arrayrecord
+  folder = tmp_path / "images" / "cls"
+  folder.mkdir(parents=True)
+  r = np.random.RandomState(0)
+  for i in range(12):
+    Image.fromarray(r.randint(0, 255, (60 + i, 80, 3), np.uint8)).save(folder / f"{i}.jpg")
+  (folder / "broken.jpg").write_bytes(b"not a jpeg")
+  arrayrecord.write_image_folder_as_arrayrecord(str(tmp_path / "images"), str(tmp_path / "ar"))
+  config = tiny_config()
+  config.data.path = str(tmp_path / "images")
+  config.data.source = "image_folder"
+  rows = bench.bench_input(config, [0, 1], batches=3, warmup=1)
+  config.data.source, config.data.path = "arrayrecord", str(tmp_path / "ar")
+  rows += bench.bench_input(config, [0], batches=3, warmup=1)
+  assert [(row["source"], row["workers"]) for row in rows] == [
+      ("image_folder", 0), ("image_folder", 1), ("arrayrecord", 0)]
+  for row in rows:
+    assert row["images"] == 3 * config.batch_size and row["images_per_s"] > 0
+    assert row["bad_records"] >= 1  # the broken file was met (and skipped) on the way

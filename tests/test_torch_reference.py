@@ -56,6 +56,19 @@ def test_cli_proteus(tmp_path, attention):
   assert report["attention"] == attention and report["compile"] == "none"
 
 
+def test_cli_proteus_with_the_tiny_configs_cnn_teacher(tmp_path):
+  """configs/proteus_tiny.py's shapes: EfficientNet-Lite0 tokens teaching a ViT/32."""
+  report = run_cli(tmp_path, "--step", "proteus", "--student", "vit_tiny", "--teacher",
+                   "efficientnet_lite0", "--patch", "32", "--image-size", "64", "--batch", "2",
+                   *TINY)
+  check_report(report, "proteus", 2)
+  assert report["teacher"] == "efficientnet_lite0"
+  t = tr.EfficientNetTokens(64).eval()
+  with torch.no_grad():
+    out = t.forward_features(torch.zeros(1, 3, 64, 64))
+  assert out["x_norm_patchtokens"].shape == (1, 4, 1280)  # a 2x2 grid, as the ViT/32's
+
+
 @pytest.mark.parametrize("model", tr.INFERENCE_MODELS)
 def test_cli_inference(tmp_path, model):
   report = run_cli(tmp_path, "--step", "inference", "--model", model, "--image-size", "56",

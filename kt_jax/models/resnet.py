@@ -96,9 +96,10 @@ class ResNet(nn.Module):
     # torch BatchNorm2d: eps 1e-5, momentum 0.1 (Flax counts momentum the other way).
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, dtype=self.dtype)
-    x = _conv(self.width, 7, 2, self.dtype, "conv1")(jnp.asarray(x, self.dtype))
+    # The stem conv and pool are written for XLA:CPU's backward pass (see layers).
+    x = layers.StemConv(self.width, 7, 2, 3, _CONV_INIT, self.dtype, name="conv1")(x)
     x = nn.relu(norm(name="bn1")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = layers.max_pool(x, 3, 2, 1)
     block_cls = BLOCKS[self.block]
     for i, depth in enumerate(self.stage_sizes):
       for j in range(depth):

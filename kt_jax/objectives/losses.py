@@ -1,4 +1,5 @@
 """Distillation losses as pure functions of arrays (no modules, no config)."""
+import jax
 import jax.numpy as jnp
 
 
@@ -34,3 +35,17 @@ def proteus_losses(student_cls, student_patch, student_masked_patch, teacher_cls
             jnp.concatenate([teacher_cls[:, None], teacher_patch], axis=1))
   patch = masked_token_mse(student_masked_patch, teacher_patch, mask)
   return {"token_loss": token, "fea_loss": fea, "patch_loss": patch}
+
+
+def distillation_kl(student_logits, teacher_logits, temperature: float = 1.0):
+  """Hinton's distillation loss: KL(softmax(t/T) || softmax(s/T)) * T^2, mean over samples.
+
+  Equals PyTorch's `F.kl_div(log_softmax(s/T), softmax(t/T), reduction="batchmean") * T**2`
+  (the form task-distillation code is usually written in); computed in float32.
+  """
+  s = jnp.asarray(student_logits, jnp.float32) / temperature
+  t = jnp.asarray(teacher_logits, jnp.float32) / temperature
+  log_p_t = jax.nn.log_softmax(t, axis=-1)
+  log_p_s = jax.nn.log_softmax(s, axis=-1)
+  kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+  return jnp.mean(kl) * temperature ** 2
