@@ -49,20 +49,24 @@ class DepthwiseConv(nn.Module):
     return y
 
 
-def _shifted_depthwise(x, kernel, stride, pads):
+def _strided_taps(x, k: int, stride: int, pads, pad_value=0.0):
+  """Yields (i, j, the (B, out_h, out_w, C) input under kernel tap (i, j)) of a k x k window."""
   b, h, w, c = x.shape
-  k = kernel.shape[0]
-  x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=pad_value)
   out_h = (h + sum(pads[0]) - k) // stride + 1
   out_w = (w + sum(pads[1]) - k) // stride + 1
-  acc = None
   for i in range(k):
     for j in range(k):
-      window = lax.slice(x, (0, i, j, 0),
-                         (b, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
-                         (1, stride, stride, 1))
-      term = window * kernel[i, j, 0]
-      acc = term if acc is None else acc + term
+      yield i, j, lax.slice(x, (0, i, j, 0),
+                            (b, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
+                            (1, stride, stride, 1))
+
+
+def _shifted_depthwise(x, kernel, stride, pads):
+  acc = None
+  for i, j, window in _strided_taps(x, kernel.shape[0], stride, pads):
+    term = window * kernel[i, j, 0]
+    acc = term if acc is None else acc + term
   return acc
 
 
@@ -105,16 +109,9 @@ def max_pool(x, window: int, stride: int, pad: int):
   if jax.default_backend() != "cpu":
     return nn.max_pool(x, (window, window), strides=(stride, stride),
                        padding=((pad, pad), (pad, pad)))
-  b, h, w, c = x.shape
-  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
-  out_h, out_w = (h + 2 * pad - window) // stride + 1, (w + 2 * pad - window) // stride + 1
   out = None
-  for i in range(window):
-    for j in range(window):
-      tap = lax.slice(xp, (0, i, j, 0),
-                      (b, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
-                      (1, stride, stride, 1))
-      out = tap if out is None else jnp.maximum(out, tap)
+  for _, _, tap in _strided_taps(x, window, stride, ((pad, pad), (pad, pad)), -jnp.inf):
+    out = tap if out is None else jnp.maximum(out, tap)
   return out
 
 
