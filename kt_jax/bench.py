@@ -101,7 +101,8 @@ def _analytic_train_flops(objective, b: int, s: int) -> float | None:
   teacher = getattr(objective.teacher, "backbone", objective.teacher)
   if not (isinstance(student, VisionTransformer) and isinstance(teacher, VisionTransformer)):
     return None
-  if hasattr(objective, "num_patches"):  # Proteus: the student runs both views (2B)
+  from kt_jax.objectives.proteus import Proteus
+  if isinstance(objective, Proteus):  # the student runs both views (2B)
     flops = 3 * 2 * b * vit_forward_flops(student, (s, s)) + b * vit_forward_flops(teacher, (s, s))
     d_s, d_t = student.embed_dim, objective.teacher_dim
     return flops + 3 * 2 * b * (1 + 2 * objective.num_patches) * d_s * d_t  # three heads

@@ -24,8 +24,9 @@ def _gelu(x):
   """PyTorch's nn.GELU: the exact erf form (flax's default is the tanh approximation).
 
   Written with `erf`, as PyTorch's kernel is, not `jax.nn.gelu(approximate=False)`, which uses
-  `erfc`: XLA:CPU does not vectorise erfc, and that made GELU alone 5x slower than the matmul
-  feeding it (10 ms against 2 ms per 3.2M elements on the 2-core CPU).
+  `erfc`, slower on XLA:CPU: 1.05-1.2 ms against 2.6-4.3 ms per 3.2M fp32 elements on the
+  2-core CPU (best of 15 runs, two passes), 94-107 ms against 108-113 ms for a 384-1536-384
+  MLP's forward+backward at 2080 tokens.
   """
   return x * 0.5 * (1.0 + jax.lax.erf(x * jnp.asarray(2 ** -0.5, x.dtype)))
 

@@ -43,12 +43,14 @@ class TaskDistill:
     teacher_logits = jax.lax.stop_gradient(self.teacher.apply(frozen, teacher_in)["logits"])
     variables = {"params": params["student"], **model_state.get("student", {})}
     mutable = list(model_state.get("student", {}))  # BatchNorm statistics, if any
-    out = self.student.apply(variables, images, train=True, mutable=mutable or False)
-    out, updates = out if mutable else (out, {})
+    if mutable:
+      out, updates = self.student.apply(variables, images, train=True, mutable=mutable)
+      model_state = {"student": dict(updates)}
+    else:
+      out = self.student.apply(variables, images, train=True)
     loss = losses.distillation_kl(out["logits"], teacher_logits, self.temperature)
     agree = jnp.mean(jnp.argmax(out["logits"], -1) == jnp.argmax(teacher_logits, -1))
-    new_state = {"student": dict(updates)} if mutable else model_state
-    return loss, ({"kd_loss": loss, "teacher_agreement": agree}, new_state)
+    return loss, ({"kd_loss": loss, "teacher_agreement": agree}, model_state)
 
   def feature_model(self, params, model_state):
     return self.student, {"params": params["student"], **model_state.get("student", {})}
