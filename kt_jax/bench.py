@@ -88,9 +88,9 @@ def _memory(compiled) -> dict:
 
 def _train_objective(config):
   if config.stage == "task_distill":
-    from kt_jax.objectives import task_distill_stage
+    from kt_jax.stages import task_distill as task_distill_stage
     return task_distill_stage.build_objective(config)
-  from kt_jax.objectives import proteus_stage
+  from kt_jax.stages import proteus as proteus_stage
   return proteus_stage.build_objective(config)
 
 

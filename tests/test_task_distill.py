@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from kt_jax import config_defaults, models
 from kt_jax.models.classifier import Classifier
 from kt_jax.models.registry import InputSpec
-from kt_jax.objectives import losses, task_distill, task_distill_stage
+from kt_jax.objectives import losses, task_distill
+from kt_jax.stages import task_distill as task_distill_stage
 
 
 @pytest.mark.parametrize("temperature", [1.0, 4.0])

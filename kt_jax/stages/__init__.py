@@ -14,9 +14,9 @@ import time
 from absl import logging
 
 _STAGES = {
-    "frozen_eval": "kt_jax.eval.frozen:run",
-    "proteus": "kt_jax.objectives.proteus_stage:run",
-    "convert": "kt_jax.convert.stage:run",
+    "frozen_eval": "kt_jax.stages.frozen_eval:run",
+    "proteus": "kt_jax.stages.proteus:run",
+    "convert": "kt_jax.stages.convert:run",
     "pipeline": "kt_jax.stages:run_pipeline",
 }
 

@@ -8,7 +8,7 @@ from kt_jax import convert, models
 from kt_jax.models.classifier import Classifier
 from kt_jax.models.registry import InputSpec
 from kt_jax.objectives import task_distill
-from kt_jax.objectives.proteus_stage import load_teacher
+from kt_jax.stages.proteus import load_teacher
 
 
 def build_objective(config) -> task_distill.TaskDistill:
