@@ -53,6 +53,7 @@ def training_config() -> ml_collections.ConfigDict:
   c.data.pool_crop_size = 160
   c.data.pool_mnist = 0  # shipped_pool: + this many unlabelled MNIST digits (none from the
                          # eval `mnist` task's test split)
+  c.data.holdout = 0     # proxy images kept out of training, to measure generalisation on
   c.data.workers = 0
   c.data.repeated_augmentation = 1
   c.data.mean = (0.485, 0.456, 0.406)
@@ -85,6 +86,7 @@ def proteus_config() -> ml_collections.ConfigDict:
   c.proteus = ml_collections.ConfigDict({
       "lambda_token": 1.0, "lambda_fea": 1.0, "lambda_patch": 1.0,
       "mask_probability": 0.5, "mask_ratio": (0.5,), "mask_first_n": True})
+  c.data.holdout = 64  # R^2 of the heads against the teacher on these, at every evaluation
   return c
 
 

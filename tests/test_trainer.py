@@ -25,6 +25,7 @@ def tiny_config(**overrides):
   c.log_every_steps, c.checkpoint_every_steps = 1, 5
   c.data.pool_size, c.data.pool_crop_size = 48, 64
   c.eval.tasks = ()
+  c.data.holdout = 0
   c.async_checkpoints = False
   c.student.overrides = {"depth": 2}
   for key, value in overrides.items():

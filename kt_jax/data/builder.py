@@ -14,10 +14,15 @@ from kt_jax.data import pipeline, shipped, sources
 
 
 class DataStream:
-  """An iterator over local batches whose position can be saved and restored."""
+  """An iterator over local batches whose position can be saved and restored.
 
-  def __init__(self, dataset):
+  `holdout` is the source of the proxy images kept out of training (`data.holdout`), or
+  None: stages measure on it whether the student generalises beyond its training images.
+  """
+
+  def __init__(self, dataset, holdout=None):
     self._iterator = iter(dataset)
+    self.holdout = holdout
 
   def __iter__(self):
     return self
@@ -75,13 +80,36 @@ def train_transforms(config):
       mean=tuple(config.data.mean), std=tuple(config.data.std))
 
 
+def split_holdout(source, count: int, seed: int = 0):
+  """(training source, held-out source): `count` records drawn with a fixed seed leave the
+  training set; with count 0 the source is returned whole and the held-out part is None."""
+  if count <= 0:
+    return source, None
+  if count >= len(source):
+    raise ValueError(f"data.holdout={count} leaves no training image of {len(source)}.")
+  order = np.random.default_rng(seed).permutation(len(source))
+  return (sources.SubsetSource(source, np.sort(order[count:])),
+          sources.SubsetSource(source, np.sort(order[:count])))
+
+
+def holdout_images(config, holdout) -> np.ndarray:
+  """The held-out records as the student sees them, without augmentation: whole images
+  resized to `image_size` and normalised (float32 NHWC); undecodable records dropped."""
+  loader = pipeline.make_eval_loader(
+      holdout, pipeline.eval_transforms(config.image_size, crop_pct=1.0,
+                                        mean=tuple(config.data.mean), std=tuple(config.data.std)),
+      global_batch_size=len(holdout), shard_index=0, shard_count=1)
+  batch = next(iter(loader))
+  return np.asarray(batch["image"], np.float32)[np.asarray(batch["valid"], bool)]
+
+
 def build_train_stream(config) -> tuple[DataStream, int]:
   """(stream of local batches, optimizer steps per epoch)."""
-  source = build_source(config)
+  source, holdout = split_holdout(build_source(config), config.data.get("holdout", 0))
   repeats = config.data.get("repeated_augmentation", 1)
   dataset = pipeline.make_train_loader(
       source, train_transforms(config), config.batch_size, seed=config.seed,
       shard_index=jax.process_index(), shard_count=jax.process_count(),
       worker_count=config.data.get("workers", 0), repeated_augmentation=repeats)
   steps_per_epoch = max(1, len(source) * repeats // config.batch_size)
-  return DataStream(dataset), steps_per_epoch
+  return DataStream(dataset, holdout), steps_per_epoch

@@ -172,3 +172,24 @@ class ArrayRecordSource:
 
   def __repr__(self) -> str:
     return f"ArrayRecordSource(path={self.path!r}, split={self.split!r}, len={len(self)})"
+
+
+class SubsetSource:
+  """The records of `parent` at `indices`, in that order, keeping the parent's ids (so a
+  held-out split and the training split it was cut from name records the same way)."""
+
+  def __init__(self, parent, indices):
+    self.parent = parent
+    self.indices = np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int):
+    return self.parent[int(self.indices[int(index)])]
+
+  def describe(self, index: int) -> str:
+    return self.parent.describe(int(self.indices[int(index)]))
+
+  def __repr__(self) -> str:
+    return f"SubsetSource({self.parent!r}, len={len(self)})"

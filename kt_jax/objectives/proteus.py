@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kt_jax.eval import regression
 from kt_jax.models.layers import tokens_2d
 from kt_jax.models.registry import InputSpec
 from kt_jax.objectives import losses, masking
@@ -132,6 +133,22 @@ class Proteus:
                    teacher_patch_var=jnp.mean(jnp.var(t_patch.reshape(-1, t_patch.shape[-1]),
                                                       axis=0)))
     return total, (metrics, model_state)
+
+  def held_out_r2(self, params, frozen, images) -> dict:
+    """R^2 of the student's head outputs against the teacher on plain (unmasked) views.
+
+    `cls_r2` scores token_head(CLS) against the teacher's class token, `patch_r2`
+    fea_head(patch tokens) against its patch tokens; on images the student never trained
+    on, they say whether it learnt the teacher's function or only its mean (R^2 near 0).
+    """
+    images = images.astype(self.dtype)
+    teacher = self.teacher.apply(frozen, renormalise(images, self.data_spec, self.teacher_spec))
+    student = self.student.apply({"params": params["student"]}, images)
+    token_out, fea_out, _ = self.heads.apply(
+        {"params": params["heads"]}, student["x_norm_clstoken"],
+        student["x_norm_patchtokens"], student["x_norm_patchtokens"])
+    return {"cls_r2": regression.r_squared(token_out, teacher["x_norm_clstoken"]),
+            "patch_r2": regression.r_squared(fea_out, teacher["x_norm_patchtokens"])}
 
   def feature_model(self, params, model_state):
     return self.student, {"params": params["student"]}

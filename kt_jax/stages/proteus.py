@@ -44,23 +44,38 @@ def build_objective(config) -> proteus.Proteus:
       dtype=dtype)
 
 
-def make_evaluate(config, objective):
-  """Scores the student (and its EMA) on the config's labelled tasks; the teacher once."""
-  if not config.eval.tasks:
-    return None, {}
+def make_evaluate(config, objective, holdout=None):
+  """Scores the student (and its EMA) on the config's labelled tasks, the teacher once; and,
+  on the held-out proxy images, the R^2 of the student's predictions of the teacher."""
   mesh = sharding.make_mesh(config.mesh.to_dict())
-  evaluator = evaluators.KnnLinearProbe(
-      evaluators.build_tasks(config.eval), config.eval.batch_size, config.eval.knn_k,
-      config.eval.knn_temperature, config.eval.feature, config.seed, mesh)
-  student_spec = objective.data_spec
-  teacher_scores = evaluator(*objective.teacher_model(), objective.teacher_spec, "teacher/")
+  evaluator = None
+  teacher_scores = {}
+  if config.eval.tasks:
+    evaluator = evaluators.KnnLinearProbe(
+        evaluators.build_tasks(config.eval), config.eval.batch_size, config.eval.knn_k,
+        config.eval.knn_temperature, config.eval.feature, config.seed, mesh)
+    teacher_scores = evaluator(*objective.teacher_model(), objective.teacher_spec, "teacher/")
+  r2 = None
+  if holdout is not None and len(holdout):
+    replicated = sharding.replicated(mesh)
+    images = jax.device_put(builder.holdout_images(config, holdout), replicated)
+    teacher = jax.device_put(objective.frozen(), replicated)
+    r2_fn = jax.jit(objective.held_out_r2, out_shardings=replicated)
+    r2 = lambda params: {k: float(v) for k, v in r2_fn(
+        jax.device_put(params, replicated), teacher, images).items()}
+  if evaluator is None and r2 is None:
+    return None, {}
 
   def evaluate(step, state):
-    module, variables = objective.feature_model(state.params, state.model_state)
-    scores = evaluator(module, variables, student_spec, "student/")
-    if state.ema_params is not None:
-      module, variables = objective.feature_model(state.ema_params, state.model_state)
-      scores.update(evaluator(module, variables, student_spec, "student_ema/"))
+    scores = {}
+    for prefix, params in (("student/", state.params), ("student_ema/", state.ema_params)):
+      if params is None:
+        continue
+      if r2 is not None:
+        scores.update({f"{prefix}heldout/{k}": v for k, v in r2(params).items()})
+      if evaluator is not None:
+        scores.update(evaluator(*objective.feature_model(params, state.model_state),
+                                objective.data_spec, prefix))
     logging.info("step %d: %s", step, scores)
     return scores
 
@@ -70,7 +85,7 @@ def make_evaluate(config, objective):
 def run(config, workdir: str) -> dict:
   objective = build_objective(config)
   stream, steps_per_epoch = builder.build_train_stream(config)
-  evaluate, teacher_scores = make_evaluate(config, objective)
+  evaluate, teacher_scores = make_evaluate(config, objective, stream.holdout)
   before = {}
   if evaluate is not None and config.eval.get("before_training", True):
     # Step-0 scores of the freshly initialised student (same seed as the run's init).
@@ -102,13 +117,19 @@ class _Params:
 
 
 def _print_report(summary):
-  keys = sorted({k.split("/", 1)[1] for k in summary["teacher"]})
+  """Teacher, student at init and trained student side by side: accuracies in %, R^2 raw."""
+  keys = sorted({k.split("/", 1)[1] for d in (summary["teacher"], summary["student_after"])
+                 for k in d if k.startswith(("teacher/", "student/"))})
   if not keys:
     return
+  def cell(scores, prefix, key):
+    if prefix + key not in scores:
+      return "-"
+    value = scores[prefix + key]
+    return f"{value:.3f}" if key.endswith("_r2") else f"{100 * value:.1f}%"
   print(f"\n{'metric':<34}{'teacher':>9}{'student@0':>11}{'student':>9}")
   for k in keys:
-    cell = lambda d, p: f"{100 * d[p + k]:.1f}%" if p + k in d else "-"
-    print(f"{k:<34}{cell(summary['teacher'], 'teacher/'):>9}"
-          f"{cell(summary['student_before'], 'student/'):>11}"
-          f"{cell(summary['student_after'], 'student/'):>9}")
+    print(f"{k:<34}{cell(summary['teacher'], 'teacher/', k):>9}"
+          f"{cell(summary['student_before'], 'student/', k):>11}"
+          f"{cell(summary['student_after'], 'student/', k):>9}")
   print(f"final loss {summary['final_metrics'].get('loss', float('nan')):.4f}")

@@ -1,0 +1,66 @@
+"""R^2 against independent formulas, the held-out proxy split, and R^2 in a real run's log."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.metrics import r2_score
+
+from kt_jax import stages
+from kt_jax.data import builder, sources
+from kt_jax.eval.regression import r_squared
+from test_trainer import tiny_config
+
+
+def _numpy_r2(prediction, target):
+  """The textbook formula, written out in NumPy: 1 - SS_res / SS_tot, per-dimension means."""
+  y = target.reshape(-1, target.shape[-1]).astype(np.float64)
+  f = prediction.reshape(-1, prediction.shape[-1]).astype(np.float64)
+  return 1.0 - ((y - f) ** 2).sum() / ((y - y.mean(axis=0)) ** 2).sum()
+
+
+@pytest.mark.parametrize("shape", [(64, 7), (8, 5, 3)])
+def test_r2_matches_numpy_and_sklearn(shape):
+  rng = np.random.default_rng(0)
+  target = rng.normal(size=shape) * rng.uniform(0.1, 3, size=shape[-1]) + 2.0
+  prediction = target + rng.normal(size=shape) * 0.7
+  ours = float(r_squared(jnp.asarray(prediction, jnp.float32), jnp.asarray(target, jnp.float32)))
+  np.testing.assert_allclose(ours, _numpy_r2(prediction, target), rtol=1e-5)
+  flat = lambda a: a.reshape(-1, shape[-1])
+  np.testing.assert_allclose(
+      ours, r2_score(flat(target), flat(prediction), multioutput="variance_weighted"), rtol=1e-5)
+
+
+def test_r2_of_the_mean_is_zero_and_of_the_target_is_one():
+  target = np.random.default_rng(1).normal(size=(32, 4)).astype(np.float32)
+  mean = np.broadcast_to(target.mean(axis=0), target.shape)
+  assert abs(float(r_squared(mean, target))) < 1e-6
+  assert float(r_squared(target, target)) == pytest.approx(1.0)
+  assert float(r_squared(-target, target)) < 0  # worse than predicting the mean
+
+
+def test_holdout_split_is_disjoint_deterministic_and_keeps_ids():
+  source = sources.InMemorySource(np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1))
+  train, held = builder.split_holdout(source, 5, seed=3)
+  train_ids = {train[i]["id"] for i in range(len(train))}
+  held_ids = {held[i]["id"] for i in range(len(held))}
+  assert len(held_ids) == 5 and len(train_ids) == 15 and not train_ids & held_ids
+  assert train_ids | held_ids == set(range(20))
+  assert all(held[i]["image"].item() == held[i]["id"] for i in range(5))  # ids name records
+  again = builder.split_holdout(source, 5, seed=3)[1]
+  assert [again[i]["id"] for i in range(5)] == [held[i]["id"] for i in range(5)]
+  assert builder.split_holdout(source, 0)[1] is None
+  with pytest.raises(ValueError, match="leaves no training image"):
+    builder.split_holdout(source, 20)
+
+
+def test_run_logs_heldout_r2_of_student_against_teacher(tmp_path):
+  config = tiny_config(**{"total_steps": 4, "eval_every_steps": 2, "data.holdout": 8})
+  summary = stages.run(config, str(tmp_path))
+  rows = [json.loads(line) for line in open(tmp_path / "eval.jsonl")]
+  assert [r["step"] for r in rows] == [2, 4]
+  for row in rows:
+    assert np.isfinite(row["student/heldout/cls_r2"]) and np.isfinite(row["student/heldout/patch_r2"])
+  before = summary["student_before"]["student/heldout/cls_r2"]
+  assert before < rows[-1]["student/heldout/cls_r2"]  # a random head is far off; training helps
