@@ -89,6 +89,7 @@ def test_image_folder_from_gs_url(fake_bucket):
   assert record["label"] == 1 and record["image"][:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # a real (tiny) training run: ~60 s on the 2-core CPU
 def test_tiny_job_with_file_url_workdir_and_teacher(tmp_path):
   """The tiny Proteus run with --workdir=file://... and teacher.path=file://..."""
   import sys
@@ -104,3 +105,45 @@ def test_tiny_job_with_file_url_workdir_and_teacher(tmp_path):
   assert summary["completed"]
   assert os.path.isdir(tmp_path / "run" / "checkpoints" / "2")
   assert not os.path.exists(os.path.join(os.getcwd(), "file:"))
+
+
+_VITL_SHARDING = r"""
+import os, sys, importlib.util
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import jax, numpy as np
+from kt_jax import sharding
+from kt_jax.stages import proteus
+from kt_jax.train import trainer
+spec = importlib.util.spec_from_file_location("vitl", "configs/proteus_vitl.py")
+module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
+c = module.get_config()  # no mesh override: the config's own default
+c.student.overrides = {"depth": 1, "pos_interp_offset": 0.1}
+c.teacher.path = "random:vit_small_patch14_dinov2"
+c.image_size, c.batch_size, c.total_steps = 28, 8, 1
+objective = proteus.build_objective(c)
+sample = {"image": np.zeros((1, 28, 28, 3), np.float32)}
+setup = trainer.build(c, objective, sample, trainer.resolve_schedule(c, 1))
+state = setup.init(jax.random.key(0))
+print("mesh", dict(setup.mesh.shape))
+for path, leaf in jax.tree_util.tree_flatten_with_path(state.params)[0]:
+  name = jax.tree_util.keystr(path)
+  if leaf.size >= 2**14:
+    assert "fsdp" in str(leaf.sharding.spec), (name, leaf.shape, leaf.sharding.spec)
+    assert leaf.addressable_shards[0].data.size * 8 == leaf.size, name
+    print("sharded", name, leaf.shape, leaf.sharding.spec)
+for leaf in jax.tree.leaves(setup.frozen):
+  if leaf.size >= 2**14:
+    assert "fsdp" in str(leaf.sharding.spec), leaf.shape
+print("ok")
+"""
+
+
+@pytest.mark.slow  # ~4 min on the shared 2-core CPU (builds ViT-L-width state)
+def test_vitl_config_shards_big_leaves_on_eight_devices():
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-c", _VITL_SHARDING], cwd=root, capture_output=True,
+                       text=True, env=dict(os.environ, PYTHONPATH=root))
+  assert out.returncode == 0 and "ok" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
+  assert "mesh {'data': 1, 'fsdp': 8}" in out.stdout

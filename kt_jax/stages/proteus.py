@@ -51,7 +51,8 @@ def make_evaluate(config, objective):
   mesh = sharding.make_mesh(config.mesh.to_dict())
   evaluator = evaluators.KnnLinearProbe(
       evaluators.build_tasks(config.eval), config.eval.batch_size, config.eval.knn_k,
-      config.eval.knn_temperature, config.eval.feature, config.seed, mesh)
+      config.eval.knn_temperature, config.eval.feature, config.seed, mesh,
+      probe=config.eval.get("probe", "auto"), workers=config.eval.get("workers", 0))
   student_spec = objective.data_spec
   teacher_scores = evaluator(*objective.teacher_model(), objective.teacher_spec, "teacher/")
 
@@ -68,6 +69,7 @@ def make_evaluate(config, objective):
 
 
 def run(config, workdir: str) -> dict:
+  evaluators.check_tasks(config.eval)  # a missing package or folder: before the teacher loads
   objective = build_objective(config)
   stream, steps_per_epoch = builder.build_train_stream(config)
   evaluate, teacher_scores = make_evaluate(config, objective)
