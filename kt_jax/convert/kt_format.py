@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from kt_jax import paths
+
 SPEC_FILE = "model.json"
 VARIABLES_DIR = "variables"
 
@@ -46,31 +48,29 @@ def module_from_spec(spec: dict[str, Any]) -> nn.Module:
 
 
 def save(out_dir: str, module: nn.Module, variables: Any, extra: dict | None = None) -> None:
-  out_dir = os.path.abspath(out_dir)
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, SPEC_FILE), "w") as f:
-    json.dump({**module_spec(module), **(extra or {})}, f, indent=2)
+  out_dir = paths.absolute(out_dir)  # local, file:// or a cloud URL (gs://...)
+  paths.as_path(out_dir).mkdir(parents=True, exist_ok=True)
+  paths.as_path(out_dir).joinpath(SPEC_FILE).write_text(
+      json.dumps({**module_spec(module), **(extra or {})}, indent=2))
   variables = jax.tree.map(np.asarray, variables)
   with ocp.StandardCheckpointer() as ckpt:
-    ckpt.save(os.path.join(out_dir, VARIABLES_DIR), variables, force=True)
+    ckpt.save(paths.as_path(out_dir) / VARIABLES_DIR, variables, force=True)
 
 
 def is_kt_dir(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, SPEC_FILE)) and os.path.isdir(
-      os.path.join(path, VARIABLES_DIR))
+  root = paths.as_path(path)
+  return (root / SPEC_FILE).is_file() and (root / VARIABLES_DIR).is_dir()
 
 
 def read_spec(path: str) -> dict:
-  with open(os.path.join(path, SPEC_FILE)) as f:
-    return json.load(f)
+  return json.loads(paths.as_path(path).joinpath(SPEC_FILE).read_text())
 
 
 def load(path: str) -> tuple[nn.Module, Any]:
-  path = os.path.abspath(path)
-  with open(os.path.join(path, SPEC_FILE)) as f:
-    module = module_from_spec(json.load(f))
+  root = paths.as_path(paths.absolute(path))  # local, file:// or a cloud URL (gs://...)
+  module = module_from_spec(read_spec(str(root)))
   with ocp.StandardCheckpointer() as ckpt:
-    variables = ckpt.restore(os.path.join(path, VARIABLES_DIR))
+    variables = ckpt.restore(root / VARIABLES_DIR)
   return module, jax.tree.map(jnp.asarray, variables)
 
 

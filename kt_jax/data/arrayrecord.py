@@ -9,10 +9,9 @@ shuffling), so record i is file i of `sources.list_image_folder` and ids match.
 CLI: python -m kt_jax.data.arrayrecord --src <folder> --out <dir> --shards N
 """
 import argparse
-import os
-
 import numpy as np
 
+from kt_jax import paths as kt_paths
 from kt_jax.data import sources
 
 
@@ -29,6 +28,7 @@ def write_image_folder_as_arrayrecord(folder: str, out_dir: str, num_shards: int
   from tensorflow_datasets.core import file_adapters  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.core import naming  # pylint: disable=g-import-not-at-top
 
+  folder, out_dir = kt_paths.normalise(folder), kt_paths.absolute(out_dir)
   paths, labels, class_names, _ = sources.list_image_folder(folder, extensions)
   if not paths:
     raise ValueError(f"No images under {folder}.")
@@ -40,7 +40,7 @@ def write_image_folder_as_arrayrecord(folder: str, out_dir: str, num_shards: int
     spec["label"] = tfds.features.ClassLabel(names=list(class_names))
   features = tfds.features.FeaturesDict(spec)
 
-  os.makedirs(out_dir, exist_ok=True)
+  kt_paths.as_path(out_dir).mkdir(parents=True, exist_ok=True)
   template = naming.ShardedFileTemplate(data_dir=out_dir, dataset_name=dataset_name,
                                         split=split, filetype_suffix="array_record")
   num_bytes = 0
@@ -48,10 +48,9 @@ def write_image_folder_as_arrayrecord(folder: str, out_dir: str, num_shards: int
   def serialized(indices):
     nonlocal num_bytes  # Streamed, so a shard never has to fit in memory.
     for i in indices:
-      with open(paths[i], "rb") as f:
-        data = f.read()
+      data = sources.read_bytes(paths[i])
       num_bytes += len(data)
-      example = {"image": data, "file_name": os.path.relpath(paths[i], folder)}
+      example = {"image": data, "file_name": paths[i][len(folder):].lstrip("/")}
       if class_names:
         example["label"] = labels[i]
       yield None, features.serialize_example(example)
@@ -67,7 +66,7 @@ def write_image_folder_as_arrayrecord(folder: str, out_dir: str, num_shards: int
   tfds.folder_dataset.write_metadata(
       data_dir=out_dir, features=features, split_infos=[split_info],
       filename_template=template, check_data=False,
-      description=f"Encoded image files of {os.path.abspath(folder)}.")
+      description=f"Encoded image files of {kt_paths.absolute(folder)}.")
   return len(paths)
 
 

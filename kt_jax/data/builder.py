@@ -5,11 +5,10 @@
           "image_folder"  path/ with one subfolder per class, or a flat folder
           "arrayrecord"   a TFDS ArrayRecord dataset directory (path, split)
 """
-import os
-
 import jax
 import numpy as np
 
+from kt_jax import paths
 from kt_jax.data import pipeline, shipped, sources
 
 
@@ -59,12 +58,13 @@ def build_source(config):
     return sources.InMemorySource(images)
   if not data_cfg.get("path"):
     raise ValueError(f"config.data.path is required for data.source={kind!r}.")
-  if not os.path.exists(data_cfg.path):
+  path = paths.normalise(data_cfg.path)  # file:// -> local; gs://... read via etils.epath
+  if not paths.exists(path):
     raise FileNotFoundError(f"config.data.path={data_cfg.path!r} does not exist.")
   if kind == "image_folder":
-    source = sources.ImageFolderSource(data_cfg.path)
+    source = sources.ImageFolderSource(path)
   elif kind == "arrayrecord":
-    source = sources.ArrayRecordSource(data_cfg.path, split=data_cfg.get("split", "train"))
+    source = sources.ArrayRecordSource(path, split=data_cfg.get("split", "train"))
   else:
     raise ValueError(f"Unknown data.source {kind!r}: shipped_pool, image_folder or arrayrecord.")
   if len(source) == 0:

@@ -48,3 +48,46 @@ def extract_features(module: nn.Module, variables, images: np.ndarray, spec: Inp
     for k, v in out.items():
       chunks.setdefault(k, []).append(sharding.to_host(v)[:n])
   return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def extract_source_features(module: nn.Module, variables, source, spec: InputSpec,
+                            batch_size: int = 256, keys: Sequence[str] = ("x_norm_clstoken",),
+                            mesh=None, desc: str = "features", workers: int = 0,
+                            crop_pct: float = 0.875) -> dict[str, np.ndarray]:
+  """Features of every decodable image of a grain source (a task on disk), at any size.
+
+  Each process reads only its share of every global batch (grain, by process index), which is
+  decoded, resized (short side to size / crop_pct, bicubic) and centre-cropped to the model's
+  size in the loader, then assembled into one global batch split over the mesh's data axes.
+  Features come back to every process. Returns the features per key plus "label", "id" (the
+  source index of each row) and "bad_records" (undecodable images skipped, as in training).
+  """
+  from kt_jax.data import pipeline, transforms  # pylint: disable=g-import-not-at-top
+  mesh = mesh or sharding.make_mesh()
+  divisor = int(np.lcm(sharding.batch_divisor(mesh), jax.process_count()))
+  batch_size = -(-batch_size // divisor) * divisor
+  loader = pipeline.make_eval_loader(
+      source, [transforms.Decode(), transforms.ResizeCenterCrop(spec.image_size, crop_pct)],
+      batch_size, worker_count=workers)
+  variables = jax.device_put(variables, sharding.replicated(mesh))
+  feature_fn = make_feature_fn(module, spec, keys)
+
+  def fn(variables, batch):
+    out = feature_fn(variables, batch["image"])
+    return dict(out, label=batch["label"], id=batch["id"], valid=batch["valid"])
+  fn = jax.jit(fn, out_shardings=sharding.replicated(mesh))
+  chunks: dict[str, list[np.ndarray]] = {}
+  iterator = iter(loader)
+  total = -(-len(source) // batch_size)
+  for local in tqdm(iterator, desc=desc, unit="batch", total=total, leave=False):
+    local = {k: np.asarray(local[k]) for k in ("image", "label", "id", "valid")}
+    out = {k: sharding.to_host(v) for k, v in fn(variables, sharding.global_batch(local, mesh))
+           .items()}
+    keep = out.pop("valid").astype(bool)
+    for k, v in out.items():
+      chunks.setdefault(k, []).append(v[keep])
+  result = {k: np.concatenate(v) for k, v in chunks.items()}
+  order = np.argsort(result["id"], kind="stable")  # source order, whatever the sharding
+  result = {k: v[order] for k, v in result.items()}
+  result["bad_records"] = pipeline.bad_records(iterator)
+  return result

@@ -13,6 +13,8 @@ import time
 
 from absl import logging
 
+from kt_jax import paths
+
 _STAGES = {
     "frozen_eval": "kt_jax.stages.frozen_eval:run",
     "proteus": "kt_jax.stages.proteus:run",
@@ -31,16 +33,21 @@ def resolve(stage: str):
 
 
 def prepare_workdir(workdir: str) -> str:
-  """Creates the workdir, failing early with a clear message if it cannot be written."""
-  workdir = os.path.abspath(workdir)
+  """Creates the workdir, failing early with a clear message if it cannot be written.
+
+  Local paths and `file://` URLs become absolute local paths; cloud URLs (gs://...) stay
+  URLs and are created and probed through `etils.epath`.
+  """
+  workdir = paths.absolute(workdir)
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
+    root = paths.as_path(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    probe = root / f".write_probe_{os.getpid()}"
+    probe.write_text("ok")
+    probe.unlink()
   except OSError as e:
-    raise SystemExit(f"Workdir {workdir} is not writable: {e.strerror}. Pass another --workdir.")
+    raise SystemExit(f"Workdir {workdir} is not writable: {e.strerror or e}. "
+                     "Pass another --workdir.")
   return workdir
 
 

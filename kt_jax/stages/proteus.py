@@ -53,7 +53,8 @@ def make_evaluate(config, objective, holdout=None):
   if config.eval.tasks:
     evaluator = evaluators.KnnLinearProbe(
         evaluators.build_tasks(config.eval), config.eval.batch_size, config.eval.knn_k,
-        config.eval.knn_temperature, config.eval.feature, config.seed, mesh)
+        config.eval.knn_temperature, config.eval.feature, config.seed, mesh,
+        probe=config.eval.get("probe", "auto"), workers=config.eval.get("workers", 0))
     teacher_scores = evaluator(*objective.teacher_model(), objective.teacher_spec, "teacher/")
   r2 = None
   if holdout is not None and len(holdout):
@@ -83,6 +84,7 @@ def make_evaluate(config, objective, holdout=None):
 
 
 def run(config, workdir: str) -> dict:
+  evaluators.check_tasks(config.eval)  # a missing package or folder: before the teacher loads
   objective = build_objective(config)
   stream, steps_per_epoch = builder.build_train_stream(config)
   evaluate, teacher_scores = make_evaluate(config, objective, stream.holdout)

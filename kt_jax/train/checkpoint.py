@@ -11,6 +11,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from kt_jax import paths
+
 
 class CheckpointDoesNotFitError(ValueError):
   """Resuming a workdir whose checkpoint holds another model's state."""
@@ -18,7 +20,7 @@ class CheckpointDoesNotFitError(ValueError):
 
 class Checkpointer:
   def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = paths.join(paths.absolute(workdir), "checkpoints")  # gs:// stays a URL
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
