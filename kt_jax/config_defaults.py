@@ -90,7 +90,9 @@ def proteus_config() -> ml_collections.ConfigDict:
                                          "overrides": ml_collections.ConfigDict()})
   c.proteus = ml_collections.ConfigDict({
       "lambda_token": 1.0, "lambda_fea": 1.0, "lambda_patch": 1.0,
-      "mask_probability": 0.5, "mask_ratio": (0.5,), "mask_first_n": True})
+      "mask_probability": 0.5, "mask_ratio": (0.5,), "mask_first_n": True,
+      # none (official) | variance | dim | whiten; see kt_jax/objectives/target_norm.py
+      "target_norm": "none", "target_norm_images": 256})
   c.data.holdout = 64  # R^2 of the heads against the teacher on these, at every evaluation
   return c
 

@@ -103,6 +103,12 @@ def holdout_images(config, holdout) -> np.ndarray:
   return np.asarray(batch["image"], np.float32)[np.asarray(batch["valid"], bool)]
 
 
+def first_images(config, source, count: int) -> np.ndarray:
+  """The first `count` records of `source` (in id order) as `holdout_images` prepares them:
+  fixed, unaugmented images, e.g. to fit statistics of the teacher's targets once."""
+  return holdout_images(config, sources.SubsetSource(source, np.arange(min(count, len(source)))))
+
+
 def build_train_stream(config) -> tuple[DataStream, int]:
   """(stream of local batches, optimizer steps per epoch)."""
   source, holdout = split_holdout(build_source(config), config.data.get("holdout", 0))
@@ -112,4 +118,6 @@ def build_train_stream(config) -> tuple[DataStream, int]:
       shard_index=jax.process_index(), shard_count=jax.process_count(),
       worker_count=config.data.get("workers", 0), repeated_augmentation=repeats)
   steps_per_epoch = max(1, len(source) * repeats // config.batch_size)
-  return DataStream(dataset, holdout), steps_per_epoch
+  stream = DataStream(dataset, holdout)
+  stream.source = source  # the training records (without the held-out ones)
+  return stream, steps_per_epoch

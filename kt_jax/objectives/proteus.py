@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from kt_jax.eval import regression
 from kt_jax.models.layers import tokens_2d
 from kt_jax.models.registry import InputSpec
-from kt_jax.objectives import losses, masking
+from kt_jax.objectives import losses, masking, target_norm
 
 
 class ProjectionHead(nn.Module):
@@ -74,6 +74,9 @@ class Proteus:
   mask_ratio: Any = 0.5
   mask_first_n: bool = True
   dtype: Any = jnp.float32
+  # {"cls": stats, "patch": stats} of `target_norm.fit`, or None: targets as they are (the
+  # official code). Constants of the step, refitted identically on resume.
+  target_stats: Any = None
 
   def __post_init__(self):
     t_tokens, self.teacher_dim = token_grid(self.teacher, self.teacher_variables, self.image_size)
@@ -118,21 +121,35 @@ class Proteus:
     patches_masked, patches_plain = both["x_norm_patchtokens"][:b], both["x_norm_patchtokens"][b:]
     token_out, fea_out, patch_out = self.heads.apply({"params": params["heads"]}, cls_plain,
                                                      patches_plain, patches_masked)
-    terms = losses.proteus_losses(token_out, fea_out, patch_out, teacher["x_norm_clstoken"],
-                                  teacher["x_norm_patchtokens"], masks)
+    t_cls, t_patch = self.targets(teacher)
+    terms = losses.proteus_losses(token_out, fea_out, patch_out, t_cls, t_patch, masks)
     terms = {"token_loss": self.lambda_token * terms["token_loss"],
              "fea_loss": self.lambda_fea * terms["fea_loss"],
              "patch_loss": self.lambda_patch * terms["patch_loss"]}
     total = terms["token_loss"] + terms["fea_loss"] + terms["patch_loss"]
     # The teacher's own variance across the batch: a loss near it means the student only
     # predicts the mean so far (a diagnostic, not a loss term).
-    t_cls = teacher["x_norm_clstoken"].astype(jnp.float32)
-    t_patch = teacher["x_norm_patchtokens"].astype(jnp.float32)
+    t_cls, t_patch = t_cls.astype(jnp.float32), t_patch.astype(jnp.float32)
     metrics = dict(terms, masked_share=jnp.mean(masks),
                    teacher_cls_var=jnp.mean(jnp.var(t_cls, axis=0)),
                    teacher_patch_var=jnp.mean(jnp.var(t_patch.reshape(-1, t_patch.shape[-1]),
                                                       axis=0)))
     return total, (metrics, model_state)
+
+  def targets(self, teacher_out) -> tuple[jax.Array, jax.Array]:
+    """The teacher's (class token, patch tokens), normalised if the config asks for it."""
+    cls, patches = teacher_out["x_norm_clstoken"], teacher_out["x_norm_patchtokens"]
+    if self.target_stats is None:
+      return cls, patches
+    return (target_norm.normalise(self.target_stats["cls"], cls),
+            target_norm.normalise(self.target_stats["patch"], patches))
+
+  def in_teacher_space(self, cls_prediction, patch_prediction):
+    """Head outputs mapped back to the teacher's own feature space (undoes `targets`)."""
+    if self.target_stats is None:
+      return cls_prediction, patch_prediction
+    return (target_norm.denormalise(self.target_stats["cls"], cls_prediction),
+            target_norm.denormalise(self.target_stats["patch"], patch_prediction))
 
   def held_out_r2(self, params, frozen, images) -> dict:
     """R^2 of the student's head outputs against the teacher on plain (unmasked) views.
@@ -147,6 +164,7 @@ class Proteus:
     token_out, fea_out, _ = self.heads.apply(
         {"params": params["heads"]}, student["x_norm_clstoken"],
         student["x_norm_patchtokens"], student["x_norm_patchtokens"])
+    token_out, fea_out = self.in_teacher_space(token_out, fea_out)  # R^2 in the teacher's space
     return {"cls_r2": regression.r_squared(token_out, teacher["x_norm_clstoken"]),
             "patch_r2": regression.r_squared(fea_out, teacher["x_norm_patchtokens"])}
 

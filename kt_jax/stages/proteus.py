@@ -1,4 +1,5 @@
 """The `proteus` stage: build teacher, student, data and evaluators from a config; train."""
+import dataclasses
 import json
 import os
 
@@ -11,7 +12,7 @@ from kt_jax import convert, models, sharding
 from kt_jax.data import builder
 from kt_jax.eval import evaluators
 from kt_jax.models.registry import InputSpec
-from kt_jax.objectives import proteus
+from kt_jax.objectives import proteus, target_norm
 from kt_jax.train import trainer
 from kt_jax.train.weight_inheritance import inherit
 
@@ -42,6 +43,24 @@ def build_objective(config) -> proteus.Proteus:
       mask_probability=config.proteus.mask_probability,
       mask_ratio=tuple(config.proteus.mask_ratio), mask_first_n=config.proteus.mask_first_n,
       dtype=dtype)
+
+
+def fit_target_norm(config, objective: proteus.Proteus, source) -> proteus.Proteus:
+  """The objective with `proteus.target_norm` statistics fitted on the teacher's features of
+  the first `target_norm_images` training images (unaugmented, so a resume refits the same)."""
+  kind = config.proteus.get("target_norm", "none")
+  if kind == "none":
+    return objective
+  images = builder.first_images(config, source, config.proteus.target_norm_images)
+  teacher = jax.jit(lambda v, x: objective.teacher.apply(
+      v, proteus.renormalise(x, objective.data_spec, objective.teacher_spec)))
+  outs = [teacher(objective.teacher_variables, images[i:i + 64])
+          for i in range(0, len(images), 64)]
+  cls = np.concatenate([np.asarray(o["x_norm_clstoken"], np.float32) for o in outs])
+  patch = np.concatenate([np.asarray(o["x_norm_patchtokens"], np.float32) for o in outs])
+  stats = {"cls": target_norm.fit(kind, cls), "patch": target_norm.fit(kind, patch)}
+  logging.info("Target normalisation %r fitted on %d images", kind, len(images))
+  return dataclasses.replace(objective, target_stats=jax.tree.map(jnp.asarray, stats))
 
 
 def make_evaluate(config, objective, holdout=None):
@@ -87,6 +106,7 @@ def run(config, workdir: str) -> dict:
   evaluators.check_tasks(config.eval)  # a missing package or folder: before the teacher loads
   objective = build_objective(config)
   stream, steps_per_epoch = builder.build_train_stream(config)
+  objective = fit_target_norm(config, objective, stream.source)
   evaluate, teacher_scores = make_evaluate(config, objective, stream.holdout)
   before = {}
   if evaluate is not None and config.eval.get("before_training", True):
