@@ -127,7 +127,8 @@ def stage_module(stage: str):
 def check(config, input_workers=()) -> None:
   """What a benchmark reads: the teacher, the student, and the data only if it is timed."""
   from kt_jax.stages import checks
-  checks.check_teacher_path(config.teacher.path, "teacher.path")
+  if "teacher" in config:
+    checks.check_teacher_path(config.teacher.path, "teacher.path")
   if "student" in config:
     checks.check_model(config.student.name, config.student.overrides, "student")
   if input_workers:
@@ -221,7 +222,6 @@ def bench_input(config, workers: list[int], batches: int = 10, warmup: int = 2) 
 def run(config, workdir: str, steps: int = 10, warmup: int = 2,
         input_workers: tuple[int, ...] = (), input_batches: int = 10) -> dict:
   dtype = jnp.dtype(config.get("compute_dtype", "float32"))
-  check(config, input_workers)
   stage = stage_module(config.stage)
   if hasattr(stage, "build_objective"):
     bench, training = bench_train, True
@@ -230,6 +230,7 @@ def run(config, workdir: str, steps: int = 10, warmup: int = 2,
   else:
     raise UserError(f"Stage {config.stage!r} has no step to benchmark (a training stage or "
                     "frozen_eval can be benchmarked).")
+  check(config, input_workers)
   result = bench(config, steps, warmup)
   times, b = result.pop("times"), result["batch"]
   compiled = result.pop("compiled")

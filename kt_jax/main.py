@@ -13,7 +13,7 @@ import shutil
 from absl import flags, logging
 from ml_collections import config_flags
 
-from kt_jax import cli, distributed, stages
+from kt_jax import cli, stages
 from kt_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config.",
@@ -57,6 +57,7 @@ def main(argv):
   workdir = _WORKDIR.value
   check_workdir(workdir)
   is_new = "://" not in workdir and not os.path.exists(workdir)
+  from kt_jax import distributed  # jax: not imported to parse flags (--only_check_args)
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
     stages.run(_CONFIG.value, workdir)

@@ -10,7 +10,7 @@ from kt_jax import convert, errors
 from kt_jax.convert import kt_format
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m kt_jax.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   common = argparse.ArgumentParser(add_help=False)
@@ -35,6 +35,11 @@ def main(argv=None) -> int:
   exp.add_argument("--format", choices=("hf", "dinov2"), default="hf",
                    help="hf: config.json + model.safetensors for transformers.AutoModel; "
                         "dinov2: the official DINOv2 state dict layout")
+  return parser
+
+
+def main(argv=None) -> int:
+  parser = build_parser()
   args = parser.parse_args(argv)
   return errors.exit_on_user_error(_run, args, prog=parser.prog, debug=args.debug)
 

@@ -45,17 +45,20 @@ def validate(config) -> None:
     data.source = "arrayrecord" if _looks_like_arrayrecord(data.path) else "image_folder"
     logging.info("config.data.path=%s given: training on it (data.source=%s), not on the "
                  "shipped pool.", data.path, data.source)
+  if data.get("workers", 0) < 0 or data.get("repeated_augmentation", 1) < 1:
+    raise UserError("config.data.workers must be >= 0 and data.repeated_augmentation >= 1.")
+  if data.source == "shipped_pool" and not (data.pool_size > 0 and data.pool_crop_size > 0):
+    raise UserError("config.data.pool_size and data.pool_crop_size must be positive.")
+  if data.source != "shipped_pool":
+    _check_path(data)
   defaults = config_defaults.training_config().data
   for key, source in _SOURCE_ONLY.items():
     if key in data and data.source != source and data[key] != defaults[key]:
       raise UserError(f"config.data.{key}={data[key]!r} applies only to data.source={source}, "
                       f"but data.source={data.source}: remove it.")
-  if data.get("workers", 0) < 0 or data.get("repeated_augmentation", 1) < 1:
-    raise UserError("config.data.workers must be >= 0 and data.repeated_augmentation >= 1.")
-  if data.source == "shipped_pool":
-    if not (data.pool_size > 0 and data.pool_crop_size > 0):
-      raise UserError("config.data.pool_size and data.pool_crop_size must be positive.")
-    return
+
+
+def _check_path(data) -> None:
   if not data.get("path"):
     raise UserError(f"config.data.path is required for data.source={data.source}: "
                     "--config.data.path=DIR")
