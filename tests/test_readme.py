@@ -111,8 +111,8 @@ def test_convert_import_of_the_shipped_teacher_runs(tmp_path):
 
 
 def test_dinov2_file_links_follow_the_official_names():
-  urls = re.findall(r"https://dl\.fbaipublicfiles\.com/dinov2/(dinov2_\w+)/(dinov2_\w+)_pretrain\.pth",
-                    README)
+  base = r"https://dl\.fbaipublicfiles\.com/dinov2/"
+  urls = re.findall(base + r"(dinov2_\w+)/(dinov2_\w+)_pretrain\.pth", README)
   assert {d for d, _ in urls} == {f"dinov2_vit{s}14" for s in "sblg"}
   assert all(d == f for d, f in urls)
 
