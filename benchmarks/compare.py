@@ -55,8 +55,8 @@ def ours_proteus_tiny():
 
 
 def ours_task_distill(student, image_size, batch):
-  from kt_jax import config_defaults
-  c = config_defaults.task_distill_config()
+  from kt_jax import bench
+  c = bench.task_distill_bench_config()
   c.teacher.path, c.teacher.num_classes = "random:vit_small_patch14_dinov2", 10
   c.student.name = student
   c.image_size, c.batch_size = image_size, batch
@@ -71,7 +71,7 @@ def ours_proteus_tiny_config():
 
 def ours_inference(teacher, image_size, batch):
   c = _config("demo")
-  c.teacher, c.image_size, c.batch_size = teacher, image_size, batch
+  c.teacher.path, c.image_size, c.eval.batch_size = teacher, image_size, batch
   return c
 
 

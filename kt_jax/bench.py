@@ -9,21 +9,31 @@ and compile time. Writes `bench.json` into --workdir and prints one table line.
 `--input_workers=0,2` also times the config's input pipeline (its data.source and path, its
 augmentations) per grain worker count, next to the step's images/s: whichever is lower
 bounds the run.
+
+What is timed comes from the config's stage module, found through the stage registry: a
+training stage exposes `build_objective(config)` (its train step is timed), an evaluation
+stage `load_model(config)` (its model's forward pass is timed).
 """
+import importlib
 import json
 import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from kt_jax import cli, config_defaults
+from kt_jax.errors import UserError
 from kt_jax.models.vit import VisionTransformer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config to benchmark.",
                                           lock_config=True)
+flags.mark_flags_as_required(["config"])
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/kt_jax_bench", "Where bench.json goes.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
@@ -86,12 +96,44 @@ def _memory(compiled) -> dict:
   return out
 
 
-def _train_objective(config):
-  if config.stage == "task_distill":
-    from kt_jax.stages import task_distill as task_distill_stage
-    return task_distill_stage.build_objective(config)
-  from kt_jax.stages import proteus as proteus_stage
-  return proteus_stage.build_objective(config)
+# Objectives with a benchmark but no runnable stage yet: the teacher classifier task
+# distillation needs is not produced by any stage until `distill_task` exists.
+_BENCH_ONLY_STAGES = {"task_distill": "kt_jax.stages.task_distill"}
+
+
+def task_distill_bench_config() -> ml_collections.ConfigDict:
+  """A task-distillation step to time (bench-only; random teachers): not a runnable stage."""
+  c = config_defaults.training_config()
+  c.stage = "task_distill"
+  c.teacher = ml_collections.ConfigDict({"path": "", "num_classes": 10})
+  c.student = ml_collections.ConfigDict({"name": "resnet18",
+                                         "overrides": ml_collections.ConfigDict()})
+  c.task_distill = ml_collections.ConfigDict({"temperature": 1.0})
+  return c
+
+
+def stage_module(stage: str):
+  """The module behind a stage name in the stage registry (or a bench-only objective)."""
+  if stage in _BENCH_ONLY_STAGES:
+    return importlib.import_module(_BENCH_ONLY_STAGES[stage])
+  from kt_jax import stages
+  try:
+    fn = stages.resolve(stage)
+  except ValueError as e:
+    raise UserError(str(e)) from None
+  return sys.modules[fn.__module__]
+
+
+def check(config, input_workers=()) -> None:
+  """What a benchmark reads: the teacher, the student, and the data only if it is timed."""
+  from kt_jax.stages import checks
+  if "teacher" in config:
+    checks.check_teacher_path(config.teacher.path, "teacher.path")
+  if "student" in config:
+    checks.check_model(config.student.name, config.student.overrides, "student")
+  if input_workers:
+    from kt_jax.data import builder
+    builder.validate(config)
 
 
 def _analytic_train_flops(objective, b: int, s: int) -> float | None:
@@ -113,7 +155,7 @@ def _analytic_train_flops(objective, b: int, s: int) -> float | None:
 
 def bench_train(config, steps: int, warmup: int) -> dict:
   from kt_jax.train import trainer
-  objective = _train_objective(config)
+  objective = stage_module(config.stage).build_objective(config)
   s, b = config.image_size, config.batch_size
   batch = {"image": np.random.RandomState(0).randn(b, s, s, 3).astype(np.float32)}
   setup = trainer.build(config, objective, {"image": batch["image"][:1]},
@@ -135,14 +177,12 @@ def bench_train(config, steps: int, warmup: int) -> dict:
 
 
 def bench_inference(config, steps: int, warmup: int) -> dict:
-  from kt_jax import convert
   from kt_jax.eval import features
-  module, variables = convert.load_pretrained(config.teacher)
-  spec = convert.input_spec(config.teacher, config.get("image_size", 0))
+  module, variables, spec = stage_module(config.stage).load_model(config)
   dtype = jnp.dtype(config.get("compute_dtype", "float32"))
   if hasattr(module, "dtype"):
     module = module.clone(dtype=dtype)
-  b = config.batch_size
+  b = config.eval.batch_size  # an evaluation stage extracts features in these batches
   images = np.random.RandomState(0).randint(0, 255, (b, spec.image_size, spec.image_size, 3),
                                             np.uint8)
   fn = jax.jit(features.make_feature_fn(module, spec, ("x_norm_clstoken",)))
@@ -182,7 +222,15 @@ def bench_input(config, workers: list[int], batches: int = 10, warmup: int = 2) 
 def run(config, workdir: str, steps: int = 10, warmup: int = 2,
         input_workers: tuple[int, ...] = (), input_batches: int = 10) -> dict:
   dtype = jnp.dtype(config.get("compute_dtype", "float32"))
-  bench = bench_inference if config.stage == "frozen_eval" else bench_train
+  stage = stage_module(config.stage)
+  if hasattr(stage, "build_objective"):
+    bench, training = bench_train, True
+  elif hasattr(stage, "load_model"):
+    bench, training = bench_inference, False
+  else:
+    raise UserError(f"Stage {config.stage!r} has no step to benchmark (a training stage or "
+                    "frozen_eval can be benchmarked).")
+  check(config, input_workers)
   result = bench(config, steps, warmup)
   times, b = result.pop("times"), result["batch"]
   compiled = result.pop("compiled")
@@ -202,7 +250,7 @@ def run(config, workdir: str, steps: int = 10, warmup: int = 2,
       matmul_peak_flops=peak, utilisation=(xla_flops / median) / peak if xla_flops else None,
       compile_s=result["compile_s"], kind=result["kind"], **_memory(compiled),
       jax_version=jax.__version__, date=time.strftime("%Y-%m-%d"))
-  if input_workers and config.stage != "frozen_eval":
+  if input_workers and training:
     report["input_pipeline"] = bench_input(config, list(input_workers), input_batches)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "bench.json"), "w") as f:
@@ -221,10 +269,14 @@ def run(config, workdir: str, steps: int = 10, warmup: int = 2,
 
 
 def main(argv):
-  del argv
-  run(_CONFIG.value, _WORKDIR.value, _STEPS.value, _WARMUP.value,
-      tuple(int(w) for w in _INPUT_WORKERS.value), _INPUT_BATCHES.value)
+  del argv  # cli.parse_flags has rejected stray arguments
+  try:
+    workers = tuple(int(w) for w in _INPUT_WORKERS.value)
+  except ValueError:
+    raise UserError(f"--input_workers takes worker counts, e.g. 0,2,4; got "
+                    f"{','.join(_INPUT_WORKERS.value)}") from None
+  run(_CONFIG.value, _WORKDIR.value, _STEPS.value, _WARMUP.value, workers, _INPUT_BATCHES.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, prog="kt_jax.bench")

@@ -1,10 +1,53 @@
-"""The keys every training config has, with their defaults; config files start from these.
+"""The keys every config has, with their defaults; config files start from these.
 
-Configs live in `configs/*.py` (each with a docstring giving its exact command) and only
-change what differs. ml_collections refuses unknown keys, so a typo on the command line
-(`--config.batch_szie=8`) fails before any compute.
+One schema for every stage: the same key means the same thing wherever it appears
+(`teacher.path`, `eval.tasks`, `eval.knn_k`, `eval.feature`, ...), and a stage's config holds
+only keys that stage reads, so an option it would ignore is an unknown key. Configs live in
+`configs/*.py` (each with a docstring giving its exact command) and only change what differs.
+ml_collections refuses unknown keys, so a typo on the command line (`--config.batch_szie=8`)
+fails before any compute.
 """
 import ml_collections
+
+
+def teacher_config(path: str = "") -> ml_collections.ConfigDict:
+  """`path`: a checkpoint file or directory, a kt_jax model directory, a shipped model's name
+  (`efficientnet_lite0`) or `random:<registered model>`."""
+  return ml_collections.ConfigDict({"path": path})
+
+
+def eval_config(tasks: tuple = ()) -> ml_collections.ConfigDict:
+  """How frozen features are scored: DINO's weighted kNN and a linear probe per task."""
+  c = ml_collections.ConfigDict()
+  # Shipped tasks (mnist, photos, cifar10) and/or your own data: "folder:/data/x",
+  # "arrayrecord:/data/x", "tar:/data/x", "NAME=folder:/data/x" (see kt_jax/data/tasks.py).
+  c.tasks = tuple(tasks)
+  c.task_options = ml_collections.ConfigDict({
+      "mnist": {"labels_per_class": 10, "test_per_class": 50},
+      "photos": {"crops_per_photo": 16, "crop_size": 96},
+      "cifar10": {}})
+  c.seed = 0                       # which images each task draws
+  c.batch_size = 128               # feature extraction
+  c.knn_k = 20
+  c.knn_temperature = 0.07
+  c.feature = "x_norm_clstoken"    # or "mean_patchtoken", or "cls+mean_patch"
+  c.probe = "auto"                 # linear probe: auto (sklearn up to 10k train rows, else the
+                                   # on-device optax probe), sklearn or optax
+  c.workers = 0                    # grain processes decoding the images of tasks on disk
+  return c
+
+
+def frozen_eval_config() -> ml_collections.ConfigDict:
+  """The `frozen_eval` stage: a frozen model's features scored on labelled tasks."""
+  c = ml_collections.ConfigDict()
+  c.stage = "frozen_eval"
+  c.seed = 0
+  c.teacher = teacher_config()
+  c.image_size = 0                 # 0: the model's native input size
+  c.mesh = ml_collections.ConfigDict({"data": -1})
+  c.eval = eval_config()
+  c.contact_sheet = ml_collections.ConfigDict({"rows": 8, "k": 6})  # nearest neighbours drawn
+  return c
 
 
 def training_config() -> ml_collections.ConfigDict:
@@ -62,30 +105,17 @@ def training_config() -> ml_collections.ConfigDict:
       "scale": (0.08, 1.0), "hflip": 0.5, "randaugment": "rand-m9-mstd0.5-inc1",
       "random_erasing": 0.25})
 
-  c.eval = ml_collections.ConfigDict()
-  # Shipped tasks (mnist, photos, cifar10) and/or your own data: "folder:/data/x",
-  # "arrayrecord:/data/x", "tar:/data/x", "NAME=folder:/data/x" (see kt_jax/data/tasks.py).
-  c.eval.tasks = ()
-  c.eval.task_options = ml_collections.ConfigDict({
-      "mnist": {"labels_per_class": 10, "test_per_class": 50},
-      "photos": {"crops_per_photo": 16, "crop_size": 96},
-      "cifar10": {}})
-  c.eval.seed = 0
-  c.eval.batch_size = 128
-  c.eval.knn_k = 20
-  c.eval.knn_temperature = 0.07
-  c.eval.feature = "x_norm_clstoken"
-  c.eval.before_training = True
-  c.eval.probe = "auto"            # linear probe: auto (sklearn up to 10k train rows, else the
-                                   # on-device optax probe), sklearn or optax
-  c.eval.workers = 0               # grain processes decoding the images of tasks on disk
+  c.eval = eval_config()
+  c.eval.before_training = True    # also score the freshly initialised student
   return c
 
 
 def proteus_config() -> ml_collections.ConfigDict:
   c = training_config()
   c.stage = "proteus"
-  c.teacher = ml_collections.ConfigDict({"path": ""})
+  c.teacher = teacher_config()
+  # overrides: any constructor argument of the model, e.g.
+  # --config.student.overrides.drop_path_rate=0.1 (kt_jax.cli adds keys the dict lacks).
   c.student = ml_collections.ConfigDict({"name": "vit_small_patch14",
                                          "overrides": ml_collections.ConfigDict()})
   c.proteus = ml_collections.ConfigDict({
@@ -96,12 +126,3 @@ def proteus_config() -> ml_collections.ConfigDict:
   c.data.holdout = 64  # R^2 of the heads against the teacher on these, at every evaluation
   return c
 
-
-def task_distill_config() -> ml_collections.ConfigDict:
-  c = training_config()
-  c.stage = "task_distill"
-  c.teacher = ml_collections.ConfigDict({"path": "", "num_classes": 10})
-  c.student = ml_collections.ConfigDict({"name": "resnet18",
-                                         "overrides": ml_collections.ConfigDict()})
-  c.task_distill = ml_collections.ConfigDict({"temperature": 1.0})
-  return c

@@ -26,7 +26,7 @@ def test_train_step_benchmark(tmp_path):
 
 def test_inference_benchmark_on_the_demo_config(tmp_path):
   config = load(os.path.join(ROOT, "configs", "demo.py")).get_config()
-  config.batch_size, config.image_size = 4, 64
+  config.eval.batch_size, config.image_size = 4, 64
   report = bench.run(config, str(tmp_path), steps=2, warmup=1)
   assert report["kind"] == "inference" and report["images_per_s"] > 0
   assert report["analytic_flops_per_image"] is None  # a CNN: XLA's count only

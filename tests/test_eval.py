@@ -174,3 +174,25 @@ def test_contact_sheet_without_labels_scales_with_grid(tmp_path):
     pixels = np.asarray(image.convert("RGB"))
   assert _colour_fraction(pixels, contact_sheet.CORRECT) == 0
   assert _colour_fraction(pixels, contact_sheet.WRONG) == 0
+
+
+def test_frozen_eval_stage_reads_the_shared_schema(tmp_path, capsys):
+  """The demo's stage on the keys every stage uses: teacher.path and the eval section."""
+  import json
+  from kt_jax import config_defaults, stages
+  c = config_defaults.frozen_eval_config()
+  c.teacher.path = "random:vit_tiny_patch16"
+  c.image_size = 32
+  c.eval.tasks = ("mnist",)
+  c.eval.task_options.mnist.labels_per_class = 3
+  c.eval.task_options.mnist.test_per_class = 2
+  c.eval.batch_size, c.eval.knn_k = 16, 5
+  c.contact_sheet.rows, c.contact_sheet.k = 2, 2
+  summary = stages.run(c, str(tmp_path))
+  (row,) = summary["results"]
+  assert (row["task"], row["classes"], row["train"], row["test"]) == ("mnist", 10, 30, 20)
+  assert 0 <= row["knn_top1"] <= 1 and 0 <= row["linear_probe_top1"] <= 1
+  assert json.loads((tmp_path / "results.json").read_text()) == summary["results"]
+  assert (tmp_path / "neighbours_mnist.png").exists()
+  assert "Frozen random:vit_tiny_patch16 features (x_norm_clstoken) at 32 px" in (
+      capsys.readouterr().out)

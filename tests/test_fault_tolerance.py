@@ -124,10 +124,14 @@ def _photo_folder(root, bad: bool):
     (root / "space" / "truncated.jpg").write_bytes(data[: len(data) // 3])
 
 
+# tiny_config sizes the shipped pool; with another source those options must be unset.
+_NO_POOL = {"data.pool_size": 512, "data.pool_crop_size": 160}
+
+
 def test_training_on_an_image_folder_with_broken_files(tmp_path):
   _photo_folder(tmp_path / "images", bad=True)
   config = tiny_config(**{"data.source": "image_folder", "data.path": str(tmp_path / "images"),
-                          "total_steps": 4, "checkpoint_every_steps": 4})
+                          "total_steps": 4, "checkpoint_every_steps": 4, **_NO_POOL})
   summary = stages.run(config, str(tmp_path / "run"))
   assert summary["completed"] and summary["bad_records"] >= 2
   rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
@@ -138,7 +142,8 @@ def test_a_folder_without_one_readable_image_is_an_error(tmp_path):
   (tmp_path / "images").mkdir()
   (tmp_path / "images" / "a.jpg").write_bytes(b"garbage")
   (tmp_path / "images" / "b.png").write_bytes(b"")
-  config = tiny_config(**{"data.source": "image_folder", "data.path": str(tmp_path / "images")})
+  config = tiny_config(**{"data.source": "image_folder", "data.path": str(tmp_path / "images"),
+                          **_NO_POOL})
   with pytest.raises(ValueError, match="No readable image"):
     stages.run(config, str(tmp_path / "run"))
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kt_jax import config_defaults, models
+from kt_jax import bench, models
 from kt_jax.models.classifier import Classifier
 from kt_jax.models.registry import InputSpec
 from kt_jax.objectives import losses, task_distill
@@ -66,7 +66,7 @@ def test_student_learns_the_teachers_predictions(student, overrides):
 
 
 def test_only_random_teachers_until_finetuned_teachers_exist():
-  c = config_defaults.task_distill_config()
+  c = bench.task_distill_bench_config()
   c.teacher.path = "efficientnet_lite0"
   with pytest.raises(ValueError, match="finetuned"):
     task_distill_stage.build_objective(c)

@@ -36,13 +36,19 @@ def _convert_cnn(state: dict) -> tuple[nn.Module, Any]:
     converter = importlib.import_module(module_name)
     if not converter.matches(state.keys()):
       continue
-    errors = []
+    errors = {}
     for variant in variants:  # The weights fit exactly one variant; strictness picks it.
       try:
         return converter.convert(state, variant)
       except CheckpointMismatchError as e:
-        errors.append(f"as {variant}: {e}")
-    raise CheckpointMismatchError("\n".join(errors))
+        errors[variant] = e
+    # None fits: report the closest variant only (the others' lists run to tens of KB).
+    closest = min(errors, key=lambda v: errors[v].num_problems)
+    details = str(errors[closest]).split("\n", 1)[-1]
+    header = (f"The checkpoint fits none of {', '.join(variants)}; closest is {closest}:"
+              if len(variants) > 1 else f"The checkpoint does not fit {closest}:")
+    raise CheckpointMismatchError(f"{header}\n{details}",
+                                  num_problems=errors[closest].num_problems)
   return None
 
 
@@ -87,6 +93,32 @@ def _random_init(name: str) -> tuple[nn.Module, Any]:
   size = models.input_spec(name).image_size
   init = jax.jit(lambda key: module.init(key, jnp.zeros((1, size, size, 3))))
   return module, init(jax.random.key(0))
+
+
+def check_source(path: str) -> None:
+  """Raises UserError unless `path` names something `load_pretrained` can read; reads at most
+  a few bytes, so a config is checked in milliseconds before any model is loaded. Remote
+  URLs (gs://...) are left to the loader."""
+  from kt_jax.errors import UserError
+  path = str(path)
+  if path.startswith("random:"):
+    from kt_jax import models
+    if path.removeprefix("random:") not in models.names():
+      raise UserError(f"{path}: unknown model; known: {', '.join(models.names())}")
+    return
+  if path in SHIPPED or ("://" in path and not path.startswith("file://")):
+    return
+  local = path.removeprefix("file://")
+  if os.path.isdir(local):
+    if not (kt_format.is_kt_dir(local) or os.path.isfile(os.path.join(local, "config.json"))):
+      raise UserError(f"{path} is neither a kt_jax model directory (model.json) nor a "
+                      "transformers one (config.json).")
+    return
+  if not os.path.isfile(local):
+    raise UserError(f"No checkpoint at {path} (and it is not a shipped model: "
+                    f"{', '.join(SHIPPED)}).")
+  if strict.checkpoint_format(local) is None:
+    raise strict.NotACheckpointError(f"not a PyTorch/safetensors checkpoint: {path}")
 
 
 def load_pretrained(path: str) -> tuple[nn.Module, Any]:

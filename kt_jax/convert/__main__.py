@@ -6,24 +6,47 @@
 import argparse
 import sys
 
-from kt_jax import convert
+from kt_jax import convert, errors
 from kt_jax.convert import kt_format
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m kt_jax.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument("--debug", action="store_true",
+                      help="show the traceback of a user error (also KT_JAX_DEBUG=1)")
   sub = parser.add_subparsers(dest="command", required=True)
-  imp = sub.add_parser("import", help="PyTorch checkpoint -> kt_jax model directory")
-  imp.add_argument("--src", required=True)
-  imp.add_argument("--out", required=True)
-  exp = sub.add_parser("export", help="kt_jax model directory -> PyTorch layouts")
-  exp.add_argument("--src", required=True)
-  exp.add_argument("--out", required=True)
-  exp.add_argument("--format", choices=("hf", "dinov2"), default="hf")
-  args = parser.parse_args(argv)
+  imp = sub.add_parser("import", parents=[common],
+                       help="PyTorch checkpoint -> kt_jax model directory")
+  imp.add_argument("--src", required=True, metavar="CHECKPOINT",
+                   help="a .pth/.pt/.bin/.safetensors state dict (official DINOv2, timm, "
+                        "EfficientNet-Lite, MobileNetV2, ResNet), a transformers model "
+                        "directory, or a shipped model's name (efficientnet_lite0, ...)")
+  imp.add_argument("--out", required=True, metavar="DIR",
+                   help="the kt_jax model directory to write; configs read it as "
+                        "teacher.path")
+  exp = sub.add_parser("export", parents=[common],
+                       help="kt_jax model directory -> PyTorch layouts")
+  exp.add_argument("--src", required=True, metavar="DIR",
+                   help="a kt_jax model directory (written by `import` or a stage)")
+  exp.add_argument("--out", required=True, metavar="PATH",
+                   help="a directory for --format hf, a .pth file for --format dinov2")
+  exp.add_argument("--format", choices=("hf", "dinov2"), default="hf",
+                   help="hf: config.json + model.safetensors for transformers.AutoModel; "
+                        "dinov2: the official DINOv2 state dict layout")
+  return parser
 
+
+def main(argv=None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  return errors.exit_on_user_error(_run, args, prog=parser.prog, debug=args.debug)
+
+
+def _run(args) -> int:
   if args.command == "import":
+    convert.check_source(args.src)
     module, variables = convert.load_pretrained(args.src)
     kt_format.save(args.out, module, variables, extra=kt_format.import_extras(args.src))
     print(f"Imported {args.src} as {type(module).__name__} into {args.out}")
@@ -31,9 +54,8 @@ def main(argv=None) -> int:
   from kt_jax.convert import vit
   module, variables = kt_format.load(args.src)
   if not isinstance(module, vit.VisionTransformer):
-    print(f"Export supports ViTs only; {args.src} holds a {type(module).__name__}.",
-          file=sys.stderr)
-    return 2
+    raise errors.UserError(f"Export supports ViTs only; {args.src} holds a "
+                           f"{type(module).__name__}.")
   if args.format == "hf":
     vit.export_hf(module, variables["params"], args.out)
   else:

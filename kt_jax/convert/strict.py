@@ -5,6 +5,7 @@ out) and writes Flax leaves by path; `assemble` then compares against the shapes
 itself declares (`jax.eval_shape` of its init, no compute) and raises one error naming every
 missing, unexpected and shape-mismatched key, so a wrong checkpoint is diagnosed in one go.
 """
+import os
 from typing import Any, Iterable, Mapping
 
 import flax.linen as nn
@@ -13,9 +14,41 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from kt_jax.errors import UserError
 
-class CheckpointMismatchError(ValueError):
-  """A checkpoint does not fit the model: the message lists every offending key."""
+
+class CheckpointMismatchError(UserError):
+  """A checkpoint does not fit the model: the message lists every offending key.
+
+  `num_problems` counts the offending keys, so a caller trying several variants of a model
+  can report only the closest one.
+  """
+
+  def __init__(self, message: str, num_problems: int = 0):
+    super().__init__(message)
+    self.num_problems = num_problems
+
+
+class NotACheckpointError(UserError):
+  """The file is neither a PyTorch checkpoint (zip or legacy pickle) nor safetensors."""
+
+
+def checkpoint_format(path: str) -> str | None:
+  """'torch_zip', 'torch_pickle' or 'safetensors' from a file's first bytes; None otherwise.
+
+  Read before torch's unpickler sees the file, which on a text file fails with an opaque
+  `KeyError` from deep inside torch.
+  """
+  with open(path, "rb") as f:
+    head = f.read(9)
+    size = os.fstat(f.fileno()).st_size
+  if head[:4] == b"PK\x03\x04":
+    return "torch_zip"
+  if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+    return "safetensors"  # u64 little-endian header length, then the JSON header
+  if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
+    return "torch_pickle"  # the legacy format: a pickled magic number first
+  return None
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -92,16 +125,25 @@ def assemble(expected: Mapping[str, tuple[int, ...]],
   if mismatched:
     problems.append("shape mismatch: " + ", ".join(mismatched))
   if problems:
+    count = (len(set(source.missing) if source is not None else ()) + len(not_filled)
+             + len(unknown) + len(source.unused() if source is not None else ())
+             + len(mismatched))
     raise CheckpointMismatchError(f"The {what} does not fit the model:\n  " +
-                                  "\n  ".join(problems))
+                                  "\n  ".join(problems), num_problems=count)
   return traverse_util.unflatten_dict(
       {k: jnp.asarray(v, jnp.float32) for k, v in produced.items()}, sep="/")
 
 
 def load_torch_file(path: str) -> dict:
-  """Loads a .pth/.pt/.bin or .safetensors state dict on the CPU, unwrapping common nests."""
+  """Loads a .pth/.pt/.bin or .safetensors state dict on the CPU, unwrapping common nests.
+
+  The format is read from the file's first bytes, not its name.
+  """
   path = str(path)
-  if path.endswith(".safetensors"):
+  kind = checkpoint_format(path)
+  if kind is None:
+    raise NotACheckpointError(f"not a PyTorch/safetensors checkpoint: {path}")
+  if kind == "safetensors":
     from safetensors.numpy import load_file
     return dict(load_file(path))
   import torch
@@ -167,4 +209,5 @@ def fill_by_key(source: SourceTensors, expected: Mapping[str, tuple[int, ...]],
     if not bad:
       raise
     raise CheckpointMismatchError(
-        f"{e}\n  checkpoint keys with wrong shapes: {', '.join(bad)}") from None
+        f"{e}\n  checkpoint keys with wrong shapes: {', '.join(bad)}",
+        num_problems=e.num_problems) from None

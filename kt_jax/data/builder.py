@@ -7,9 +7,71 @@
 """
 import jax
 import numpy as np
+from absl import logging
 
 from kt_jax import paths
+from kt_jax import config_defaults
 from kt_jax.data import pipeline, shipped, sources
+from kt_jax.errors import UserError
+
+SOURCES = ("shipped_pool", "image_folder", "arrayrecord")
+# Options only one source reads; any other source wants them at their defaults.
+_SOURCE_ONLY = {"pool_size": "shipped_pool", "pool_crop_size": "shipped_pool",
+                "pool_mnist": "shipped_pool", "split": "arrayrecord"}
+
+
+def _looks_like_arrayrecord(path: str) -> bool:
+  """A TFDS-style ArrayRecord directory: dataset_info.json or *.array_record* shards."""
+  if not os.path.isdir(path):
+    return False
+  with os.scandir(path) as entries:
+    return any(e.name == "dataset_info.json" or ".array_record" in e.name for e in entries)
+
+
+def validate(config) -> None:
+  """Checks config.data and the batch size in milliseconds, before any teacher is loaded.
+
+  A `data.path` given with the shipped pool (which reads no path) selects the path's source,
+  image folder (or ArrayRecord when the folder holds shards), and logs that it did; any other
+  option the chosen source ignores is an error, as is a path that is not there.
+  """
+  data = config.data
+  if not config.batch_size > 0:
+    raise UserError(f"config.batch_size must be positive, got {config.batch_size!r}.")
+  if data.source not in SOURCES:
+    raise UserError(f"Unknown config.data.source={data.source!r}; sources: {', '.join(SOURCES)}.")
+  if data.source == "shipped_pool" and data.get("path"):
+    data.source = "arrayrecord" if _looks_like_arrayrecord(data.path) else "image_folder"
+    logging.info("config.data.path=%s given: training on it (data.source=%s), not on the "
+                 "shipped pool.", data.path, data.source)
+  if data.get("workers", 0) < 0 or data.get("repeated_augmentation", 1) < 1:
+    raise UserError("config.data.workers must be >= 0 and data.repeated_augmentation >= 1.")
+  if data.source == "shipped_pool" and not (data.pool_size > 0 and data.pool_crop_size > 0):
+    raise UserError("config.data.pool_size and data.pool_crop_size must be positive.")
+  if data.source != "shipped_pool":
+    _check_path(data)
+  defaults = config_defaults.training_config().data
+  for key, source in _SOURCE_ONLY.items():
+    if key in data and data.source != source and data[key] != defaults[key]:
+      raise UserError(f"config.data.{key}={data[key]!r} applies only to data.source={source}, "
+                      f"but data.source={data.source}: remove it.")
+
+
+def _check_path(data) -> None:
+  if not data.get("path"):
+    raise UserError(f"config.data.path is required for data.source={data.source}: "
+                    "--config.data.path=DIR")
+  if "://" in data.path and not data.path.startswith("file://"):
+    return  # a cloud path: checked when the source opens it
+  path = data.path.removeprefix("file://")
+  if not os.path.exists(path):
+    raise UserError(f"config.data.path={data.path} does not exist.")
+  if data.source == "image_folder":
+    if not os.path.isdir(path):
+      raise UserError(f"config.data.path={data.path} is not a directory of images.")
+    with os.scandir(path) as entries:
+      if next(entries, None) is None:
+        raise UserError(f"config.data.path={data.path} is an empty directory.")
 
 
 class DataStream:
@@ -57,18 +119,18 @@ def build_source(config):
       images = np.concatenate([images, _unlabelled_digits(config)])
     return sources.InMemorySource(images)
   if not data_cfg.get("path"):
-    raise ValueError(f"config.data.path is required for data.source={kind!r}.")
+    raise UserError(f"config.data.path is required for data.source={kind!r}.")
   path = paths.normalise(data_cfg.path)  # file:// -> local; gs://... read via etils.epath
   if not paths.exists(path):
-    raise FileNotFoundError(f"config.data.path={data_cfg.path!r} does not exist.")
+    raise UserError(f"config.data.path={data_cfg.path!r} does not exist.")
   if kind == "image_folder":
     source = sources.ImageFolderSource(path)
   elif kind == "arrayrecord":
     source = sources.ArrayRecordSource(path, split=data_cfg.get("split", "train"))
   else:
-    raise ValueError(f"Unknown data.source {kind!r}: shipped_pool, image_folder or arrayrecord.")
+    raise UserError(f"Unknown data.source {kind!r}: shipped_pool, image_folder or arrayrecord.")
   if len(source) == 0:
-    raise ValueError(f"No readable image in {data_cfg.path}.")
+    raise UserError(f"No readable image in {data_cfg.path}.")
   return source
 
 

@@ -52,6 +52,8 @@ def prepare_workdir(workdir: str) -> str:
 
 
 def run(config, workdir: str) -> dict:
+  from kt_jax.stages import checks
+  checks.check(config)  # stage, config values and paths: before any workdir or teacher
   fn = resolve(config.stage)  # Unknown stage: fail before touching the disk.
   workdir = prepare_workdir(workdir)
   done = os.path.join(workdir, SUMMARY_FILE)

@@ -4,6 +4,13 @@ from kt_jax import convert
 from kt_jax.convert import kt_format
 
 
+def validate(config) -> None:
+  from kt_jax.errors import UserError
+  if not config.get("src"):
+    raise UserError("Set --config.src=<checkpoint file or directory, or a shipped model>.")
+  convert.check_source(config.src)
+
+
 def run(config, workdir: str) -> dict:
   module, variables = convert.load_pretrained(config.src)
   kt_format.save(workdir, module, variables, extra=kt_format.import_extras(config.src))

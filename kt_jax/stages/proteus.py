@@ -1,4 +1,8 @@
-"""The `proteus` stage: build teacher, student, data and evaluators from a config; train."""
+"""The `proteus` stage: build teacher, student, data and evaluators from a config; train.
+
+The trainer and the evaluators (orbax, tensorboardX, sklearn, ...) are imported when the stage
+runs, not with this module, so the runner's `validate` answers in about a second.
+"""
 import dataclasses
 import json
 import os
@@ -10,11 +14,28 @@ from absl import logging
 
 from kt_jax import convert, models, sharding
 from kt_jax.data import builder
-from kt_jax.eval import evaluators
+from kt_jax.errors import UserError
 from kt_jax.models.registry import InputSpec
 from kt_jax.objectives import proteus, target_norm
-from kt_jax.train import trainer
+from kt_jax.stages import checks
 from kt_jax.train.weight_inheritance import inherit
+
+
+def validate(config) -> None:
+  """Everything that can be checked before the teacher is loaded (see stages.checks)."""
+  checks.check_teacher_path(config.teacher.path, "teacher.path")
+  checks.check_model(config.student.name, config.student.overrides, "student")
+  if "dtype" in config.student.overrides:
+    raise UserError("Set the student's dtype with --config.compute_dtype, not "
+                    "student.overrides.dtype.")
+  checks.check_choice(config.compute_dtype, "compute_dtype", checks.COMPUTE_DTYPES)
+  checks.check_positive(config, "image_size")
+  if not (config.total_steps > 0 or config.epochs > 0):
+    raise UserError("Set --config.total_steps or --config.epochs to a positive number.")
+  if config.init_from:
+    checks.check_teacher_path(config.init_from, "init_from")
+  builder.validate(config)
+  checks.check_eval(config.eval)
 
 
 def load_teacher(config, dtype):
@@ -66,6 +87,7 @@ def fit_target_norm(config, objective: proteus.Proteus, source) -> proteus.Prote
 def make_evaluate(config, objective, holdout=None):
   """Scores the student (and its EMA) on the config's labelled tasks, the teacher once; and,
   on the held-out proxy images, the R^2 of the student's predictions of the teacher."""
+  from kt_jax.eval import evaluators
   mesh = sharding.make_mesh(config.mesh.to_dict())
   evaluator = None
   teacher_scores = {}
@@ -103,6 +125,8 @@ def make_evaluate(config, objective, holdout=None):
 
 
 def run(config, workdir: str) -> dict:
+  from kt_jax.eval import evaluators
+  from kt_jax.train import trainer
   evaluators.check_tasks(config.eval)  # a missing package or folder: before the teacher loads
   objective = build_objective(config)
   stream, steps_per_epoch = builder.build_train_stream(config)

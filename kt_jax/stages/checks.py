@@ -1,0 +1,141 @@
+"""Checks a config before anything is loaded, written or computed.
+
+The runner calls `check(config)` before it creates the workdir; it resolves the stage and
+calls that stage module's `validate(config)`, which raises `UserError` on a value the stage
+cannot use: a missing or non-checkpoint teacher, a data path that is not there, a zero batch,
+a model override the model does not take, an option the chosen source ignores. Each check
+reads at most a directory entry or a file's first bytes, so a bad run fails in about a
+second instead of after minutes of teacher loading. Values holding "{stage:NAME}" are the
+workdir of an earlier pipeline stage and are checked when that stage has run.
+"""
+import dataclasses
+import sys
+
+from kt_jax.errors import UserError
+
+FEATURES = ("x_norm_clstoken", "mean_patchtoken", "cls+mean_patch")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def check(config) -> None:
+  """Raises UserError if `config` cannot run: unknown stage, or the stage's own checks."""
+  from kt_jax import stages
+  stage = config.get("stage", "")
+  try:
+    fn = stages.resolve(stage)
+  except ValueError as e:
+    raise UserError(f"{e} (--config.stage)") from None
+  if fn is stages.run_pipeline:
+    check_pipeline(config)
+    return
+  validate = getattr(sys.modules[fn.__module__], "validate", None)
+  if validate is not None:
+    validate(config)
+
+
+def check_pipeline(config) -> None:
+  """Every stage of the pipeline, before the first one runs."""
+  names = set(config.get("stages", {}))
+  order = tuple(config.get("order", ()))
+  if names != set(order):
+    raise UserError(f"config.order and config.stages name different stages: "
+                    f"{sorted(names ^ set(order))}")
+  for i, name in enumerate(order):
+    later = set(order[i:])
+    for earlier in _stage_references(config.stages[name]):
+      if earlier not in order or earlier in later:
+        raise UserError(f"pipeline stage {name!r} uses {{stage:{earlier}}}, which is not an "
+                        f"earlier stage of config.order {order}")
+    try:
+      check(config.stages[name])
+    except UserError as e:
+      raise UserError(f"pipeline stage {name!r}: {e}") from None
+
+
+def _stage_references(config) -> set[str]:
+  import re
+  found = set()
+  for value in _strings(config):
+    found.update(re.findall(r"\{stage:([^}]*)\}", value))
+  return found
+
+
+def _strings(node):
+  import ml_collections
+  for key in node.keys():
+    value = node[key]
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _strings(value)
+    elif isinstance(value, str):
+      yield value
+
+
+def is_deferred(value) -> bool:
+  """A "{stage:NAME}" path: it exists once that earlier pipeline stage has run."""
+  return isinstance(value, str) and "{stage:" in value
+
+
+def check_teacher_path(path: str, key: str = "teacher.path") -> None:
+  if not path:
+    raise UserError(f"Set --config.{key}=<checkpoint file or directory, or a shipped model "
+                    "such as efficientnet_lite0>.")
+  if is_deferred(path):
+    return
+  from kt_jax import convert
+  try:
+    convert.check_source(path)
+  except UserError as e:
+    raise UserError(f"{key}: {e}") from None
+
+
+def check_positive(config, *keys: str, prefix: str = "config.") -> None:
+  for key in keys:
+    value = _get(config, key)
+    if not value > 0:
+      raise UserError(f"{prefix}{key} must be positive, got {value!r}.")
+
+
+def check_non_negative(config, *keys: str, prefix: str = "config.") -> None:
+  for key in keys:
+    value = _get(config, key)
+    if value < 0:
+      raise UserError(f"{prefix}{key} must be >= 0, got {value!r}.")
+
+
+def check_choice(value, key: str, choices) -> None:
+  if value not in choices:
+    raise UserError(f"config.{key}={value!r} is not one of {', '.join(map(str, choices))}.")
+
+
+def check_eval(ev, key: str = "eval") -> None:
+  """The shared `eval` section (config_defaults.eval_config)."""
+  if isinstance(ev.tasks, str) or not all(isinstance(t, str) for t in ev.tasks):
+    raise UserError(f"config.{key}.tasks must be a tuple of task names, got {ev.tasks!r}.")
+  check_positive(ev, "batch_size", "knn_k", "knn_temperature", prefix=f"config.{key}.")
+  check_choice(ev.feature, f"{key}.feature", FEATURES)
+
+
+def model_arguments(name: str) -> list[str]:
+  """The constructor arguments of registered model `name` (its flax dataclass fields)."""
+  from kt_jax import models
+  module_type = type(models.create(name))  # a linen module: constructed, not initialised
+  return sorted(f.name for f in dataclasses.fields(module_type)
+                if f.init and f.name not in ("parent", "name"))
+
+
+def check_model(name: str, overrides, key: str) -> None:
+  """`name` is registered and every override is one of its constructor arguments."""
+  from kt_jax import models
+  if name not in models.names():
+    raise UserError(f"config.{key}.name={name!r} is not a registered model; known: "
+                    f"{', '.join(models.names())}")
+  unknown = sorted(set(overrides or {}) - set(model_arguments(name)))
+  if unknown:
+    raise UserError(f"config.{key}.overrides: {name} has no argument {', '.join(unknown)}; "
+                    f"its arguments: {', '.join(model_arguments(name))}")
+
+
+def _get(config, dotted: str):
+  for part in dotted.split("."):
+    config = config[part]
+  return config
