@@ -168,3 +168,16 @@ class StemConv(nn.Module):
     if jax.default_backend() != "cpu":
       return _conv(x, kernel, self.stride, padding)
     return _conv_im2col_grad(x, kernel, self.stride, padding)
+
+
+# PyTorch's default initialisation of nn.Linear and nn.Conv2d (kaiming_uniform with a=sqrt(5)):
+# weights and biases uniform in +-1/sqrt(fan_in), i.e. a third of the weight variance of flax's
+# lecun_normal. Used where the reference code leaves a layer at PyTorch's default.
+torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias_init(fan_in: int):
+  """Uniform in +-1/sqrt(fan_in), PyTorch's default bias of nn.Linear / nn.Conv2d."""
+  bound = 1.0 / fan_in ** 0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
+                                                                   bound)

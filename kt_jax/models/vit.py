@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from kt_jax.models import registry
 from kt_jax.models.attention import dot_product_attention
 from kt_jax.models.interpolate import resample_grid_matrices
-from kt_jax.models.layers import tokens_2d
+from kt_jax.models.layers import (tokens_2d, torch_default_bias_init,
+                                  torch_default_kernel_init)
 
 Dtype = Any
 _dense_init = nn.initializers.truncated_normal(0.02)
@@ -185,7 +186,11 @@ class VisionTransformer(nn.Module):
     p = self.patch_size
     if h % p or w % p:
       raise ValueError(f"Input {h}x{w} is not a multiple of the patch size {p}.")
+    # The official DINOv2 init (init_weights_vit_timm) touches nn.Linear only: the patch
+    # embedding keeps PyTorch's default Conv2d init, and so does ours.
     x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                kernel_init=torch_default_kernel_init,
+                bias_init=torch_default_bias_init(p * p * x.shape[-1]),
                 name="patch_embed")(x.astype(self.dtype))
     grid_hw = (h // p, w // p)
     x = x.reshape(b, -1, self.embed_dim)

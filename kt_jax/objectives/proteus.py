@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from kt_jax.eval import regression
-from kt_jax.models.layers import tokens_2d
+from kt_jax.models.layers import (tokens_2d, torch_default_bias_init,
+                                  torch_default_kernel_init)
 from kt_jax.models.registry import InputSpec
 from kt_jax.objectives import losses, masking, target_norm
 
@@ -28,8 +29,12 @@ class ProjectionHead(nn.Module):
   @nn.compact
   @tokens_2d
   def __call__(self, x):
+    fan_in = x.shape[-1]
     x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(x)  # torch's default eps
-    return nn.Dense(self.out_dim, dtype=self.dtype, name="linear")(x)
+    # The official heads are nn.Linear at PyTorch's default init (nothing re-initialises them):
+    # a third of the weight variance of flax's default, and a uniform bias.
+    return nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=torch_default_kernel_init,
+                    bias_init=torch_default_bias_init(fan_in), name="linear")(x)
 
 
 class ProteusHeads(nn.Module):
