@@ -160,3 +160,44 @@ def test_student_exports_to_transformers_with_the_same_features(run, tmp_path, m
     out = out.numpy()
     got = {"x_norm_clstoken": out[:, 0], "x_norm_patchtokens": out[:, 1:]}
     _assert_same(expected, got, rtol=1e-4)
+
+
+def test_task_model_keeps_head_batch_stats_and_class_names(tmp_path):
+  """A classifier student (a small ResNet + head, BatchNorm statistics in the model state): model/
+  and `extract` hold backbone, head and statistics, and the objective's class names."""
+  import jax.numpy as jnp
+  from kt_jax import config_defaults
+  from kt_jax.models.classifier import Classifier
+  from kt_jax.objectives.task_distill import TaskDistill
+  from kt_jax.train import checkpoint, model_out
+  from kt_jax.train.state import TrainState
+  config = config_defaults.task_distill_config()
+  config.image_size = 32
+  spec = InputSpec(32, tuple(config.data.mean), tuple(config.data.std))
+  student = Classifier(models.create("resnet18", stage_sizes=(1, 1), width=8), 3)  # small
+  objective = TaskDistill(student=student, teacher=student, teacher_variables={},
+                          data_spec=spec, teacher_spec=spec)
+  objective.class_names = ("cat", "dog", "fish")
+  images = _images(32)
+  params, model_state = jax.jit(objective.init)(jax.random.key(0), {"image": images})
+  rng = np.random.RandomState(0)  # statistics that are not the init's zeros and ones
+  model_state = jax.tree.map(lambda x: np.asarray(x) + rng.rand(*x.shape).astype(x.dtype),
+                             model_state)
+  state = TrainState(step=jnp.asarray(3, jnp.int32), params=params, model_state=model_state,
+                     opt_state={}, ema_params=None, rng=jax.random.key_data(jax.random.key(1)))
+  ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+  ckpt.save(3, state, {}, config.to_json_best_effort())
+  ckpt.close()
+  model_out.write_layout(str(tmp_path), config, objective, state)
+  model_out.save_trained(str(tmp_path), config, objective, state)
+  expected = _apply(student, {"params": params["student"], **model_state["student"]}, images)
+  assert model_out.extract(str(tmp_path), out=str(tmp_path / "extracted")) == str(
+      tmp_path / "extracted")
+  for model_dir in (tmp_path / "model", tmp_path / "extracted"):
+    got = _features(model_dir, images)
+    np.testing.assert_allclose(got["logits"], expected["logits"], rtol=1e-5, atol=1e-5)
+    recorded = json.loads((model_dir / "model.json").read_text())
+    assert recorded["class_names"] == ["cat", "dog", "fish"]
+    assert recorded["fields"]["num_classes"] == 3
+  with pytest.raises(model_out.ExtractError, match="without EMA"):
+    model_out.extract(str(tmp_path), ema=True)
