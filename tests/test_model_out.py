@@ -52,7 +52,8 @@ def _untrained_run(workdir, config):
   model_out.save_trained(str(workdir), config, objective, state)
 
 
-@pytest.fixture(scope="module", params=["untrained", pytest.param("trained", marks=pytest.mark.slow)])
+@pytest.fixture(scope="module",
+                params=["untrained", pytest.param("trained", marks=pytest.mark.slow)])
 def run(request, tmp_path_factory):
   workdir = tmp_path_factory.mktemp(request.param)
   config = tiny_config(total_steps=_STEPS, checkpoint_every_steps=2, ema_decay=_EMA)
@@ -114,7 +115,7 @@ def test_training_writes_model_and_ema_model(run):
   assert not np.allclose(raw["cls_token"], ema["cls_token"])
 
 
-def test_extract_any_checkpoint(run, tmp_path, capsys):
+def test_extract_any_checkpoint(run, tmp_path):
   workdir, config = run
   images = _images(config.image_size)
   assert convert_cli.main(["extract", "--workdir", str(workdir), "--step", "2",
