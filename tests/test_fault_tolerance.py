@@ -12,6 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from kt_jax import stages
+from kt_jax.errors import UserError
 from kt_jax.train import trainer
 from test_trainer import ROOT, losses, tiny_config
 
@@ -51,19 +52,22 @@ def test_sigterm_checkpoints_and_resumes(tmp_path):
   kept = max(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
   assert kept == steps[-1] < 200
   assert not (tmp_path / "summary.json").exists()
-  # The same command, shortened, resumes from there and finishes.
-  done = subprocess.run(_RUN + [f"--workdir={tmp_path}", f"--config.total_steps={kept + 2}"],
+  # The same command resumes from there (stop_after_steps may change: it ends it 2 steps on).
+  done = subprocess.run(cmd + ["--config.stop_after_steps=2"],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   steps = [s for s, _ in losses(tmp_path)]
   assert steps == list(range(1, kept + 3))
-  assert json.loads((tmp_path / "summary.json").read_text())["completed"]
+  assert max(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == kept + 2
 
 
 def test_resuming_with_another_model_is_a_clear_error(tmp_path):
   from kt_jax.train import checkpoint
   stages.run(tiny_config(total_steps=4, stop_after_steps=2), str(tmp_path))
   wider = tiny_config(total_steps=4, **{"student.overrides": {"depth": 3}})
+  with pytest.raises(UserError, match=r"student\.overrides\.depth: 2 -> 3"):
+    stages.run(wider, str(tmp_path))  # the workdir's config.json names the change
+  os.remove(tmp_path / "config.json")  # without it (older workdirs) the checkpoint still fails
   with pytest.raises(checkpoint.CheckpointDoesNotFitError, match="does not fit this run's model"):
     stages.run(wider, str(tmp_path))
 
@@ -151,5 +155,5 @@ def test_a_folder_without_one_readable_image_is_an_error(tmp_path):
 def test_unwritable_workdir_is_a_clear_error(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
-  with pytest.raises(SystemExit, match="not writable"):
+  with pytest.raises(UserError, match="not writable"):
     stages.run(tiny_config(), str(blocker / "run"))

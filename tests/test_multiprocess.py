@@ -69,3 +69,12 @@ def test_two_processes_match_one(tmp_path):
       w = x.shape[-1] // 3
       x, y = np.delete(x, np.s_[w:2 * w], -1), np.delete(y, np.s_[w:2 * w], -1)
     np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-6, err_msg=key)
+  # model/, written by both processes together at the end, holds the final student.
+  import jax
+  import orbax.checkpoint as ocp
+  with ocp.StandardCheckpointer() as ckpt:
+    model = ckpt.restore(str(tmp_path / "two" / "model" / "variables"))
+  flat = jax.tree_util.tree_flatten_with_path(model["params"])[0]
+  assert len(flat) == len([k for k in b.files if k.startswith("['student']")])
+  for path, x in flat:
+    np.testing.assert_array_equal(x, b["['student']" + jax.tree_util.keystr(path)])

@@ -1,7 +1,9 @@
-"""Command line: `python -m kt_jax.convert import|export ...`.
+"""Command line: `python -m kt_jax.convert import|export|extract ...`.
 
-  import --src <file|dir|shipped name> --out <dir>   PyTorch -> kt_jax model directory
-  export --src <kt_jax dir> --out <dir|file> --format hf|dinov2
+  import  --src <file|dir|shipped name> --out <dir>   PyTorch -> kt_jax model directory
+  export  --src <kt_jax dir> --out <dir|file> --format hf|dinov2
+  extract --workdir <training workdir> [--step N] [--ema] [--out <dir>]
+          a checkpoint's student -> kt_jax model directory (what `model/` holds)
 """
 import argparse
 import sys
@@ -35,6 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
   exp.add_argument("--format", choices=("hf", "dinov2"), default="hf",
                    help="hf: config.json + model.safetensors for transformers.AutoModel; "
                         "dinov2: the official DINOv2 state dict layout")
+  ext = sub.add_parser("extract", parents=[common], help="training checkpoint -> kt_jax model directory")
+  ext.add_argument("--workdir", required=True,
+                   help="workdir of a training run (holds checkpoints/<step>/)")
+  ext.add_argument("--step", type=int, default=None,
+                   help="checkpoint step to extract (default: the latest)")
+  ext.add_argument("--ema", action="store_true",
+                   help="extract the EMA of the student's weights (runs with ema_decay > 0)")
+  ext.add_argument("--out", default=None,
+                   help="kt_jax model directory to write (default: "
+                   "<workdir>/model_step<N>, or model_ema_step<N> with --ema)")
   return parser
 
 
@@ -50,6 +62,15 @@ def _run(args) -> int:
     module, variables = convert.load_pretrained(args.src)
     kt_format.save(args.out, module, variables, extra=kt_format.import_extras(args.src))
     print(f"Imported {args.src} as {type(module).__name__} into {args.out}")
+    return 0
+  if args.command == "extract":
+    from kt_jax.train import model_out
+    try:
+      out = model_out.extract(args.workdir, args.step, args.ema, args.out)
+    except model_out.ExtractError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    print(f"Extracted the student of {args.workdir} into {out}")
     return 0
   from kt_jax.convert import vit
   module, variables = kt_format.load(args.src)

@@ -1,6 +1,10 @@
 """Our own on-disk model format: `model.json` (which module, with which fields) + an orbax
-checkpoint of the variables. What `python -m kt_jax.convert import` writes, and what every
-stage of kt_jax can load a teacher or student from.
+checkpoint of the variables. What `python -m kt_jax.convert import` writes, what a training
+stage leaves in `<workdir>/model/`, and what every stage of kt_jax can load a teacher or
+student from.
+
+`model.json` may also hold `input_spec` (image_size, mean, std the model expects), `source`,
+and for task models `class_names` (the head's outputs, in order).
 """
 import dataclasses
 import importlib
@@ -20,6 +24,9 @@ SPEC_FILE = "model.json"
 VARIABLES_DIR = "variables"
 
 
+_NESTED = "module"  # a field holding a module (e.g. a classifier's backbone): {"module": spec}
+
+
 def module_spec(module: nn.Module) -> dict[str, Any]:
   """A JSON-able description of a module: its class path and constructor fields."""
   fields = {}
@@ -27,7 +34,9 @@ def module_spec(module: nn.Module) -> dict[str, Any]:
     if f.name in ("parent", "name"):
       continue
     value = getattr(module, f.name)
-    if f.name in ("dtype", "param_dtype"):
+    if isinstance(value, nn.Module):
+      value = {_NESTED: module_spec(value)}
+    elif f.name in ("dtype", "param_dtype"):
       value = jnp.dtype(value).name
     fields[f.name] = list(value) if isinstance(value, tuple) else value
   cls = type(module)
@@ -38,6 +47,9 @@ def module_from_spec(spec: dict[str, Any]) -> nn.Module:
   module_path, _, cls_name = spec["class"].rpartition(".")
   cls = getattr(importlib.import_module(module_path), cls_name)
   fields = dict(spec["fields"])
+  for key, value in fields.items():
+    if isinstance(value, dict) and set(value) == {_NESTED}:
+      fields[key] = module_from_spec(value[_NESTED])
   for key in ("dtype", "param_dtype"):
     if key in fields:
       fields[key] = jnp.dtype(fields[key])
@@ -48,10 +60,13 @@ def module_from_spec(spec: dict[str, Any]) -> nn.Module:
 
 
 def save(out_dir: str, module: nn.Module, variables: Any, extra: dict | None = None) -> None:
+  """Every process calls this (orbax synchronises them); process 0 writes. `variables` must
+  be host-readable (NumPy, or arrays each process holds whole)."""
   out_dir = paths.absolute(out_dir)  # local, file:// or a cloud URL (gs://...)
   paths.as_path(out_dir).mkdir(parents=True, exist_ok=True)
-  paths.as_path(out_dir).joinpath(SPEC_FILE).write_text(
-      json.dumps({**module_spec(module), **(extra or {})}, indent=2))
+  if jax.process_index() == 0:
+    paths.as_path(out_dir).joinpath(SPEC_FILE).write_text(
+        json.dumps({**module_spec(module), **(extra or {})}, indent=2))
   variables = jax.tree.map(np.asarray, variables)
   with ocp.StandardCheckpointer() as ckpt:
     ckpt.save(paths.as_path(out_dir) / VARIABLES_DIR, variables, force=True)

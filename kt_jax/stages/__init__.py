@@ -2,7 +2,8 @@
 
 A stage is an importable function `fn(config, workdir) -> dict` (its summary). Each writes
 only inside its workdir; a finished stage leaves `summary.json` there and is skipped when run
-again, an interrupted one resumes from its checkpoints. The `pipeline` stage chains stages,
+again, an interrupted one resumes from its checkpoints; another stage or other config values
+in the same workdir are an error (`workdir_guard`). The `pipeline` stage chains stages,
 each in its own subfolder; a string "{stage:NAME}" in a later stage's config is replaced by
 the workdir of the earlier stage NAME (e.g. to distil from a teacher an earlier stage made).
 """
@@ -14,6 +15,8 @@ import time
 from absl import logging
 
 from kt_jax import paths
+from kt_jax.errors import UserError
+from kt_jax.stages import workdir_guard
 
 _STAGES = {
     "frozen_eval": "kt_jax.stages.frozen_eval:run",
@@ -46,8 +49,8 @@ def prepare_workdir(workdir: str) -> str:
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
-    raise SystemExit(f"Workdir {workdir} is not writable: {e.strerror or e}. "
-                     "Pass another --workdir.")
+    raise UserError(f"Workdir {workdir} is not writable: {e.strerror or e}. "
+                    "Pass another --workdir.")
   return workdir
 
 
@@ -56,6 +59,8 @@ def run(config, workdir: str) -> dict:
   checks.check(config)  # stage, config values and paths: before any workdir or teacher
   fn = resolve(config.stage)  # Unknown stage: fail before touching the disk.
   workdir = prepare_workdir(workdir)
+  # Another stage or other values than the workdir's run: an error naming them, not a skip.
+  workdir_guard.check(config, workdir)
   done = os.path.join(workdir, SUMMARY_FILE)
   if os.path.exists(done):  # A finished stage is not run again; delete the file to redo it.
     logging.info("Stage %s already finished in %s; skipping.", config.stage, workdir)

@@ -6,7 +6,7 @@ partial one.
 """
 import json
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import orbax.checkpoint as ocp
@@ -52,6 +52,40 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def directory_of(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def saved_steps(workdir: str) -> list[int]:
+  """The steps with a complete (finalised) checkpoint in the workdir, ascending."""
+  return sorted(ocp.path.step.checkpoint_steps(directory_of(workdir)))
+
+
+def restore_subtrees(workdir: str, step: int, paths: Sequence[Sequence[str]]) -> dict:
+  """Only the train-state subtrees at `paths` (e.g. ("params", "student")) of one step's
+  checkpoint, on this host's first device: no optimizer state is read, and the shardings the
+  run used (any mesh, any process count) do not matter."""
+  path = os.path.join(directory_of(workdir), str(step), "state")
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  with ocp.PyTreeCheckpointer() as ckpt:
+    meta = ckpt.metadata(path)
+    meta = getattr(meta, "item_metadata", meta)
+    wanted: dict = {}
+    for keys in paths:
+      source, target = meta, wanted
+      for i, key in enumerate(keys):
+        try:
+          source = source[key]
+        except (KeyError, TypeError, IndexError):
+          raise KeyError(f"The checkpoint at step {step} has no {'/'.join(keys[:i + 1])}.")
+        target = target.setdefault(key, {}) if i < len(keys) - 1 else target
+      target[keys[-1]] = source
+    item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), wanted)
+    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), wanted)
+    return ckpt.restore(path, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

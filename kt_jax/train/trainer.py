@@ -16,7 +16,8 @@ from absl import logging
 
 from kt_jax import sharding
 from kt_jax.objectives.base import Objective
-from kt_jax.train import checkpoint, metrics as metrics_lib, optimizer as optimizer_lib
+from kt_jax.train import checkpoint, metrics as metrics_lib, model_out
+from kt_jax.train import optimizer as optimizer_lib
 from kt_jax.train.state import TrainState
 
 
@@ -157,6 +158,8 @@ def train(config, workdir: str, objective: Objective, loader, steps_per_epoch: i
   ckpt = checkpoint.Checkpointer(workdir, keep=config.get("keep_checkpoints", 3),
                                  async_save=config.get("async_checkpoints", True))
   is_main = jax.process_index() == 0
+  if is_main:  # which leaves of a checkpoint make the student: for `convert extract`
+    model_out.write_layout(workdir, config, objective, setup.abstract_state)
   start_step = ckpt.latest_step() or 0
   if start_step:
     state, data_state = ckpt.restore(start_step, checkpoint.abstract_like(
@@ -222,6 +225,8 @@ def train(config, workdir: str, objective: Objective, loader, steps_per_epoch: i
   if is_main and os.path.exists(writer.path):
     metrics_lib.plot_loss_curves(workdir)
   last["completed"] = float(step == sched.total_steps)
+  if last["completed"]:  # the product: <workdir>/model/ (and model_ema/)
+    model_out.save_trained(workdir, config, objective, state)
   return last
 
 
