@@ -122,7 +122,12 @@ def proteus_config() -> ml_collections.ConfigDict:
       "lambda_token": 1.0, "lambda_fea": 1.0, "lambda_patch": 1.0,
       "mask_probability": 0.5, "mask_ratio": (0.5,), "mask_first_n": True,
       # none (official) | variance | dim | whiten; see kt_jax/objectives/target_norm.py
-      "target_norm": "none", "target_norm_images": 256})
+      "target_norm": "none",
+      # default (official: PyTorch's init) | ridge: heads start at the ridge regression of the
+      # teacher on the random student's tokens (see Proteus.ridge_heads)
+      "head_init": "default", "head_init_alpha": 0.01,
+      # the first N training images, unaugmented: what target_norm and head_init fit on
+      "fit_images": 256})
   c.data.holdout = 64  # R^2 of the heads against the teacher on these, at every evaluation
   return c
 

@@ -64,3 +64,41 @@ def test_run_logs_heldout_r2_of_student_against_teacher(tmp_path):
     assert np.isfinite(row["student/heldout/cls_r2"]) and np.isfinite(row["student/heldout/patch_r2"])
   before = summary["student_before"]["student/heldout/cls_r2"]
   assert before < rows[-1]["student/heldout/cls_r2"]  # a random head is far off; training helps
+
+
+def test_ridge_fit_matches_sklearn():
+  from sklearn.linear_model import Ridge
+  from kt_jax.eval.regression import ridge_fit
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(80, 6)) * rng.uniform(0.1, 2, 6) + 1.0
+  y = x @ rng.normal(size=(6, 3)) + rng.normal(size=(80, 3)) * 0.3 + 5.0
+  kernel, bias = ridge_fit(x, y, alpha=0.05)
+  reference = Ridge(alpha=0.05 * len(x)).fit(x, y)
+  np.testing.assert_allclose(kernel, reference.coef_.T, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(bias, reference.intercept_, rtol=1e-4, atol=1e-4)
+
+
+def test_ridge_heads_are_sklearns_ridge_on_the_students_normed_tokens():
+  from sklearn.linear_model import Ridge
+  from kt_jax.objectives.proteus import HEAD_NORM_EPS
+  from kt_jax.stages import proteus as proteus_stage
+  objective = proteus_stage.build_objective(tiny_config())
+  images = np.random.default_rng(0).normal(size=(12, 64, 64, 3)).astype(np.float32)
+  params, _ = objective.init(jax.random.key(0), {"image": images[:1]})
+  fitted = objective.ridge_heads(params, objective.frozen(), images, alpha=0.1, batch_size=5)
+  assert jax.tree.map(lambda a, b: bool((a == b).all()), params["student"],
+                      fitted["student"]) == jax.tree.map(lambda _: True, params["student"])
+  student = objective.student.apply({"params": params["student"]}, images)
+  cls = np.asarray(student["x_norm_clstoken"], np.float64)
+  normed = (cls - cls.mean(-1, keepdims=True)) / np.sqrt(cls.var(-1, keepdims=True) + HEAD_NORM_EPS)
+  reference = Ridge(alpha=0.1 * len(images)).fit(normed, np.asarray(
+      objective.targets(objective.teacher.apply(objective.frozen(), proteus_renormalise(
+          objective, images)))[0]))
+  ours = objective.heads.apply({"params": fitted["heads"]}, student["x_norm_clstoken"],
+                               student["x_norm_patchtokens"], student["x_norm_patchtokens"])[0]
+  np.testing.assert_allclose(np.asarray(ours), reference.predict(normed), rtol=1e-3, atol=1e-3)
+
+
+def proteus_renormalise(objective, images):
+  from kt_jax.objectives.proteus import renormalise
+  return renormalise(jnp.asarray(images), objective.data_spec, objective.teacher_spec)

@@ -21,3 +21,20 @@ def r_squared(prediction, target) -> jnp.ndarray:
   residual = jnp.sum(jnp.square(y - y_hat))
   total = jnp.sum(jnp.square(y - jnp.mean(y, axis=0)))
   return 1.0 - residual / jnp.maximum(total, 1e-12)
+
+
+def ridge_fit(features, targets, alpha: float):
+  """(kernel (D, K), bias (K,)) minimising ||Y - X W - b||^2 + alpha * n * ||W||^2.
+
+  The closed-form ridge regression of (n, D) features onto (n, K) targets, in float64 on the
+  host; `alpha` is relative to the number of samples (sklearn's `Ridge(alpha=alpha * n)`),
+  so one value suits any n.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  x = np.asarray(features, np.float64).reshape(-1, np.shape(features)[-1])
+  y = np.asarray(targets, np.float64).reshape(-1, np.shape(targets)[-1])
+  x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
+  xc = x - x_mean
+  gram = xc.T @ xc + alpha * len(x) * np.eye(x.shape[1])
+  kernel = np.linalg.solve(gram, xc.T @ (y - y_mean))
+  return kernel.astype(np.float32), (y_mean - x_mean @ kernel).astype(np.float32)

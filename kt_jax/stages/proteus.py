@@ -34,6 +34,8 @@ def validate(config) -> None:
     raise UserError("Set --config.total_steps or --config.epochs to a positive number.")
   if config.init_from:
     checks.check_teacher_path(config.init_from, "init_from")
+  checks.check_choice(config.proteus.target_norm, "proteus.target_norm", target_norm.KINDS)
+  checks.check_choice(config.proteus.head_init, "proteus.head_init", ("default", "ridge"))
   builder.validate(config)
   checks.check_eval(config.eval)
 
@@ -66,13 +68,12 @@ def build_objective(config) -> proteus.Proteus:
       dtype=dtype)
 
 
-def fit_target_norm(config, objective: proteus.Proteus, source) -> proteus.Proteus:
+def fit_target_norm(config, objective: proteus.Proteus, images) -> proteus.Proteus:
   """The objective with `proteus.target_norm` statistics fitted on the teacher's features of
-  the first `target_norm_images` training images (unaugmented, so a resume refits the same)."""
+  fixed unaugmented training images (so a resumed run refits the same statistics)."""
   kind = config.proteus.get("target_norm", "none")
   if kind == "none":
     return objective
-  images = builder.first_images(config, source, config.proteus.target_norm_images)
   teacher = jax.jit(lambda v, x: objective.teacher.apply(
       v, proteus.renormalise(x, objective.data_spec, objective.teacher_spec)))
   outs = [teacher(objective.teacher_variables, images[i:i + 64])
@@ -82,6 +83,27 @@ def fit_target_norm(config, objective: proteus.Proteus, source) -> proteus.Prote
   stats = {"cls": target_norm.fit(kind, cls), "patch": target_norm.fit(kind, patch)}
   logging.info("Target normalisation %r fitted on %d images", kind, len(images))
   return dataclasses.replace(objective, target_stats=jax.tree.map(jnp.asarray, stats))
+
+
+def make_init_hook(config, objective: proteus.Proteus, images):
+  """What replaces freshly initialised params, in order: weight inheritance (`init_from`),
+  then ridge-fitted heads (`proteus.head_init="ridge"`); None when neither is asked for."""
+  steps = []
+  if config.get("init_from"):
+    steps.append(lambda p: inherit(p, config.init_from))
+  head_init = config.proteus.get("head_init", "default")
+  if head_init == "ridge":
+    steps.append(lambda p: objective.ridge_heads(p, objective.frozen(), images,
+                                                 config.proteus.head_init_alpha))
+  elif head_init != "default":
+    raise UserError(f"proteus.head_init={head_init!r}: default or ridge.")
+  if not steps:
+    return None
+  def hook(params):
+    for step in steps:
+      params = step(params)
+    return params
+  return hook
 
 
 def make_evaluate(config, objective, holdout=None):
@@ -130,7 +152,12 @@ def run(config, workdir: str) -> dict:
   evaluators.check_tasks(config.eval)  # a missing package or folder: before the teacher loads
   objective = build_objective(config)
   stream, steps_per_epoch = builder.build_train_stream(config)
-  objective = fit_target_norm(config, objective, stream.source)
+  needs_images = (config.proteus.get("target_norm", "none") != "none"
+                  or config.proteus.get("head_init", "default") != "default")
+  fit_images = (builder.first_images(config, stream.source, config.proteus.fit_images)
+                if needs_images else None)
+  objective = fit_target_norm(config, objective, fit_images)
+  init_hook = make_init_hook(config, objective, fit_images)
   evaluate, teacher_scores = make_evaluate(config, objective, stream.holdout)
   before = {}
   if evaluate is not None and config.eval.get("before_training", True):
@@ -138,12 +165,11 @@ def run(config, workdir: str) -> dict:
     rng = jax.random.split(jax.random.key(config.seed))[0]
     sample = {"image": np.zeros((1, config.image_size, config.image_size, 3), np.float32)}
     params, model_state = objective.init(rng, sample)
-    if config.get("init_from"):
-      params = inherit(params, config.init_from)
+    if init_hook is not None:
+      params = init_hook(params)
     before = evaluate(0, _Params(params, model_state))
   last = trainer.train(config, workdir, objective, stream, steps_per_epoch, evaluate,
-                       init_params_hook=(lambda p: inherit(p, config.init_from))
-                       if config.get("init_from") else None)
+                       init_params_hook=init_hook)
   after = {}
   if os.path.exists(os.path.join(workdir, "eval.jsonl")):
     with open(os.path.join(workdir, "eval.jsonl")) as f:
