@@ -17,32 +17,23 @@ What differs from the official recipe, and why (measured; README "Proteus at sma
 - lighter augmentation (no RandAugment, no random erasing, crops of at least 25% area): a
   few thousand steps on two thousand images, not 300 ImageNet epochs.
 """
-from kt_jax import config_defaults
+from kt_jax import proteus_recipe
 
 
 def get_config():
-  c = config_defaults.proteus_config()
-  c.teacher.path = "efficientnet_lite0"
-  c.student.name = "vit_tiny_patch32"
-  c.student.overrides = {"depth": 6}
-  c.image_size = 160
-  c.batch_size = 32
+  c = proteus_recipe.shipped_recipe()
   c.total_steps = 1000
   c.log_every_steps = 10
   c.eval_every_steps = 250
   c.checkpoint_every_steps = 250
   c.optimizer.lr = 1e-4
-  c.optimizer.lr_base_batch = 0
   c.optimizer.warmup_steps = 20
   c.optimizer.min_lr = 1e-6
   c.proteus.head_init = "ridge"
-  c.data.source = "shipped_pool"
   c.data.pool_size = 1024
-  c.data.pool_crop_size = 160
   c.data.pool_mnist = 1024
   c.data.holdout = 64
   c.data.augment.scale = (0.25, 1.0)
   c.data.augment.randaugment = ""
   c.data.augment.random_erasing = 0.0
-  c.eval.tasks = ("mnist", "photos")
   return c

@@ -8,25 +8,20 @@ tokens. Student: a 6-block ViT-Ti/32, whose 5x5 token grid at 160 px matches the
 Data: random resized crops of the colour photos shipped by scikit-image and scikit-learn, with
 the DeiT augmentations. Reports the student's kNN / linear-probe accuracy on 10-shot MNIST and
 the photo-crop task before and after training, beside the teacher's.
+
+This is the quick end-to-end run of the machinery (the official recipe's settings at toy
+scale, where the student learns little beyond the teacher's mean); `proteus_small.py` is the
+run that shows the student learning the teacher (README, "Proteus at small scale").
 """
-from kt_jax import config_defaults
+from kt_jax import proteus_recipe
 
 
 def get_config():
-  c = config_defaults.proteus_config()
-  c.teacher.path = "efficientnet_lite0"
-  c.student.name = "vit_tiny_patch32"
-  c.student.overrides = {"depth": 6}
-  c.image_size = 160
-  c.batch_size = 32
+  c = proteus_recipe.shipped_recipe()
   c.total_steps = 60
   c.log_every_steps = 5
   c.checkpoint_every_steps = 30
   c.optimizer.lr = 1e-3
-  c.optimizer.lr_base_batch = 0
   c.optimizer.warmup_steps = 6
-  c.data.source = "shipped_pool"
   c.data.pool_size = 512
-  c.data.pool_crop_size = 160
-  c.eval.tasks = ("mnist", "photos")
   return c

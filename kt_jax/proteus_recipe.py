@@ -31,3 +31,23 @@ def recipe(student: str):
   c.eval_every_steps = 10000
   c.eval.tasks = ("mnist", "photos")
   return c
+
+
+def shipped_recipe():
+  """Proteus at CPU scale on what ships in packages, shared by configs/proteus_{tiny,small}.py.
+
+  Teacher: EfficientNet-Lite0 with Google's ImageNet weights; its pooled feature plays the
+  class token and its 5x5 final feature map the patch tokens. Student: a 6-block ViT-Ti/32,
+  whose 5x5 token grid at 160 px matches the teacher's. Data: crops of the shipped photos.
+  """
+  c = config_defaults.proteus_config()
+  c.teacher.path = "efficientnet_lite0"
+  c.student.name = "vit_tiny_patch32"
+  c.student.overrides = {"depth": 6}
+  c.image_size = 160
+  c.batch_size = 32
+  c.optimizer.lr_base_batch = 0
+  c.data.source = "shipped_pool"
+  c.data.pool_crop_size = 160
+  c.eval.tasks = ("mnist", "photos")
+  return c

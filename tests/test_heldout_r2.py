@@ -102,3 +102,16 @@ def test_ridge_heads_are_sklearns_ridge_on_the_students_normed_tokens():
 def proteus_renormalise(objective, images):
   from kt_jax.objectives.proteus import renormalise
   return renormalise(jnp.asarray(images), objective.data_spec, objective.teacher_spec)
+
+
+def test_eval_curves_png_starts_at_init_with_teacher_levels(tmp_path):
+  from kt_jax.train import metrics
+  rows = [{"step": 5, "student/heldout/cls_r2": 0.2, "student/mnist/knn_top1": 0.3},
+          {"step": 10, "student/heldout/cls_r2": 0.4, "student/mnist/knn_top1": 0.35}]
+  (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  path = metrics.plot_eval_curves(str(tmp_path), {"student/heldout/cls_r2": -1.0},
+                                  {"teacher/mnist/knn_top1": 0.8})
+  import matplotlib.image
+  image = matplotlib.image.imread(path)
+  assert image.shape[1] > image.shape[0] > 100  # two panels side by side
+  assert metrics.plot_eval_curves(str(tmp_path / "none")) is None

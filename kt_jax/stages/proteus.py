@@ -177,6 +177,9 @@ def run(config, workdir: str) -> dict:
   summary = {"final_metrics": last, "teacher": teacher_scores, "student_before": before,
              "student_after": after, "bad_records": stream.bad_records(),
              "completed": bool(last.get("completed", 1.0))}
+  if jax.process_index() == 0 and summary["completed"]:
+    from kt_jax.train import metrics
+    summary["eval_curves"] = metrics.plot_eval_curves(workdir, before, teacher_scores)
   _print_report(summary)
   return summary
 

@@ -9,6 +9,7 @@ from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.jsonl"
 IDS_FILE = "sample_ids.jsonl"
 
 
@@ -20,7 +21,7 @@ class MetricWriter:
     self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                      dynamic_ncols=True, disable=not enabled)
     self._last = (time.perf_counter(), start_step)
-    for name in (METRICS_FILE, IDS_FILE, "eval.jsonl"):
+    for name in (METRICS_FILE, IDS_FILE, EVAL_FILE):
       if enabled and start_step == 0 and os.path.exists(os.path.join(workdir, name)):
         os.remove(os.path.join(workdir, name))  # a fresh run starts a fresh history
 
@@ -30,7 +31,7 @@ class MetricWriter:
 
   def truncate_after(self, step: int) -> None:
     """On resume, drop lines logged after the checkpoint we resume from (they will recur)."""
-    for name in (METRICS_FILE, IDS_FILE, "eval.jsonl"):
+    for name in (METRICS_FILE, IDS_FILE, EVAL_FILE):
       path = os.path.join(self.workdir, name)
       if not (self.enabled and os.path.exists(path)):
         continue
@@ -64,7 +65,7 @@ class MetricWriter:
   def write_eval(self, step: int, metrics: dict) -> None:
     if not self.enabled:
       return
-    with open(os.path.join(self.workdir, "eval.jsonl"), "a") as f:
+    with open(os.path.join(self.workdir, EVAL_FILE), "a") as f:
       f.write(json.dumps({"step": int(step), **metrics}) + "\n")
     for k, v in metrics.items():
       if isinstance(v, (int, float)):
@@ -107,3 +108,45 @@ def plot_loss_curves(workdir: str, out_name: str = "loss_curves.png") -> str:
   fig.savefig(path)
   plt.close(fig)
   return path
+
+
+def plot_eval_curves(workdir: str, before: dict | None = None, references: dict | None = None,
+                     out_name: str = "eval_curves.png") -> str | None:
+  """eval.jsonl against step: R^2 columns in one panel, accuracies in the other.
+
+  `before` (scores at step 0, e.g. the random init) starts each curve; `references` (e.g. the
+  teacher's scores, keyed like 'teacher/mnist/knn_top1') are drawn as dashed levels in the
+  colour of the student curve of the same metric. Returns the PNG's path (None: no evals).
+  """
+  path = os.path.join(workdir, EVAL_FILE)
+  if not os.path.exists(path):
+    return None
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  with open(path) as f:
+    rows = [json.loads(line) for line in f]
+  if before:
+    rows = [dict(before, step=0)] + rows
+  keys = sorted({k for r in rows for k in r if k != "step" and isinstance(r[k], (int, float))})
+  panels = [("R^2 of the heads vs the teacher (held-out)", [k for k in keys if k.endswith("_r2")]),
+            ("top-1 accuracy", [k for k in keys if not k.endswith("_r2")])]
+  panels = [(title, ks) for title, ks in panels if ks]
+  fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4), dpi=110,
+                           squeeze=False)
+  for ax, (title, ks) in zip(axes[0], panels):
+    for k in ks:
+      steps = [r["step"] for r in rows if k in r]
+      line, = ax.plot(steps, [r[k] for r in rows if k in r], marker="o", ms=3, label=k)
+      level = (references or {}).get("teacher/" + k.split("/", 1)[-1])
+      if level is not None:
+        ax.axhline(level, ls="--", lw=1, color=line.get_color(), label=f"teacher {k.split('/', 1)[-1]}")
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  out = os.path.join(workdir, out_name)
+  fig.savefig(out)
+  plt.close(fig)
+  return out
