@@ -65,6 +65,73 @@ def isfile(path: str) -> bool:
   return as_path(path).is_file() if is_remote(path) else os.path.isfile(path)
 
 
+def read_text(path: str) -> str:
+  path = normalise(path)
+  if is_remote(path):
+    return as_path(path).read_text()
+  with open(path) as f:
+    return f.read()
+
+
+def write_text(path: str, text: str) -> None:
+  path = normalise(path)
+  if is_remote(path):
+    as_path(path).write_text(text)
+    return
+  with open(path, "w") as f:
+    f.write(text)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  path = normalise(path)
+  if is_remote(path):
+    as_path(path).write_bytes(data)
+    return
+  with open(path, "wb") as f:
+    f.write(data)
+
+
+def append_text(path: str, text: str) -> None:
+  """Appends `text` to the file at `path` (created if missing).
+
+  Cloud stores have no append: a remote file is read and rewritten whole, which is fine for
+  the small logs (metrics.jsonl, ...) this serves, not for big files.
+  """
+  path = normalise(path)
+  if not is_remote(path):
+    with open(path, "a") as f:
+      f.write(text)
+    return
+  target = as_path(path)
+  old = target.read_text() if target.exists() else ""
+  target.write_text(old + text)
+
+
+def remove(path: str) -> None:
+  """Deletes the file at `path`."""
+  path = normalise(path)
+  if is_remote(path):
+    as_path(path).unlink()
+  else:
+    os.remove(path)
+
+
+def copy_tree_to(local_dir: str, dest: str) -> list[str]:
+  """Copies every file under the local folder `local_dir` to `dest` (local or a cloud URL),
+  keeping relative paths and overwriting; returns the destination paths."""
+  written = []
+  for root, _, files in os.walk(local_dir):
+    relative = os.path.relpath(root, local_dir)
+    for name in sorted(files):
+      parts = [p for p in (relative, name) if p != "."]
+      target = join(dest, *parts)
+      as_path(target).parent.mkdir(parents=True, exist_ok=True)
+      with open(os.path.join(root, name), "rb") as f:
+        as_path(target).write_bytes(f.read())
+      written.append(target)
+  return written
+
+
 def local_copy(path: str, cache_dir: str | None = None) -> str:
   """A local path holding the file or folder at `path`: itself when local, else a copy.
 

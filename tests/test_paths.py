@@ -89,6 +89,65 @@ def test_image_folder_from_gs_url(fake_bucket):
   assert record["label"] == 1 and record["image"][:4] == b"\x89PNG"
 
 
+def test_append_remove_and_write_on_gs_match_local(tmp_path, fake_bucket):
+  root, seen = fake_bucket
+  local = str(tmp_path / "local.jsonl")
+  for path in (local, "gs://bucket/logs/remote.jsonl"):
+    paths.as_path(path).parent.mkdir(parents=True, exist_ok=True)
+    paths.append_text(path, "a\n")
+    paths.append_text(path, "b\n")
+    assert paths.read_text(path) == "a\nb\n"
+    paths.write_bytes(path, b"c\n")
+    paths.append_text(path, "d\n")
+    assert paths.read_text(path) == "c\nd\n"
+    paths.remove(path)
+    assert not paths.exists(path)
+  assert "gs://bucket/logs/remote.jsonl" in seen
+  assert not (root / "logs" / "remote.jsonl").exists()
+  (tmp_path / "events" / "sub").mkdir(parents=True)
+  (tmp_path / "events" / "sub" / "e.1").write_bytes(b"xyz")
+  copied = paths.copy_tree_to(str(tmp_path / "events"), "gs://bucket/run/tensorboard")
+  assert copied == ["gs://bucket/run/tensorboard/sub/e.1"]
+  assert (root / "run" / "tensorboard" / "sub" / "e.1").read_bytes() == b"xyz"
+
+
+@pytest.mark.slow  # a real (tiny) training run: ~60 s on the 2-core CPU
+def test_tiny_job_with_gs_workdir_writes_everything_to_the_bucket(tmp_path, fake_bucket,
+                                                                   monkeypatch):
+  """A --workdir=gs://bucket/run training run, end to end, against the fake bucket: every file
+  (logs, plots, TensorBoard, orbax checkpoints, the model) lands there; a rerun is skipped."""
+  import json
+  import sys
+  sys.path.insert(0, os.path.dirname(__file__))
+  from test_trainer import tiny_config
+  root, seen = fake_bucket
+  monkeypatch.chdir(tmp_path)
+  config = tiny_config(total_steps=2, checkpoint_every_steps=2)
+  summary = stages.run(config, "gs://bucket/run")
+  assert summary["completed"]
+  run = root / "run"
+  rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2]
+  assert json.loads((run / "config.json").read_text())["stage"] == "proteus"
+  assert json.loads((run / "summary.json").read_text())["completed"]
+  assert (run / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
+  assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+  assert (run / "checkpoints" / "2" / "state").is_dir()
+  assert (run / "model" / "model.json").is_file()
+  assert convert.load_pretrained("gs://bucket/run/model")[1]
+  for name in ("config.json", "summary.json", "metrics.jsonl", "loss_curves.png", "model",
+               "checkpoints"):
+    assert f"gs://bucket/run/{name}" in seen, name  # written through paths, not open()
+  assert not os.path.exists(tmp_path / "gs:")  # no URL mangled into a local folder
+
+  from kt_jax.stages import proteus
+
+  def must_not_train(*_):
+    raise AssertionError("a finished run was trained again")
+  monkeypatch.setattr(proteus, "run", must_not_train)
+  assert stages.run(config, "gs://bucket/run") == json.loads((run / "summary.json").read_text())
+
+
 @pytest.mark.slow  # a real (tiny) training run: ~60 s on the 2-core CPU
 def test_tiny_job_with_file_url_workdir_and_teacher(tmp_path):
   """The tiny Proteus run with --workdir=file://... and teacher.path=file://..."""

@@ -61,26 +61,22 @@ def run(config, workdir: str) -> dict:
   workdir = prepare_workdir(workdir)
   # Another stage or other values than the workdir's run: an error naming them, not a skip.
   workdir_guard.check(config, workdir)
-  done = os.path.join(workdir, SUMMARY_FILE)
-  if os.path.exists(done):  # A finished stage is not run again; delete the file to redo it.
+  done = paths.join(workdir, SUMMARY_FILE)
+  if paths.exists(done):  # A finished stage is not run again; delete the file to redo it.
     logging.info("Stage %s already finished in %s; skipping.", config.stage, workdir)
-    with open(done) as f:
-      return json.load(f)
+    return json.loads(paths.read_text(done))
   import jax
   is_main = jax.process_index() == 0  # files are written once, by process 0
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    paths.write_text(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
   start = time.time()
   summary = fn(config, workdir)
   summary = dict(summary, stage=config.stage, seconds=round(time.time() - start, 1))
   if not summary.get("completed", True):  # stopped early on purpose: resumable, not done
     return summary
   if is_main:
-    with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
-      json.dump(summary, f, indent=2)
-  logging.info("Stage %s done in %.1f s; summary in %s", config.stage, summary["seconds"],
-               os.path.join(workdir, SUMMARY_FILE))
+    paths.write_text(done, json.dumps(summary, indent=2))
+  logging.info("Stage %s done in %.1f s; summary in %s", config.stage, summary["seconds"], done)
   return summary
 
 
@@ -112,7 +108,7 @@ def run_pipeline(config, workdir: str) -> dict:
   workdirs, summaries = {}, {}
   for name in config.order:
     stage_config = config.stages[name]
-    workdirs[name] = os.path.join(workdir, name)
+    workdirs[name] = paths.join(workdir, name)
     summary = run(_substitute(stage_config, workdirs), workdirs[name])
     summaries[name] = summary
     if not summary.get("completed", True):

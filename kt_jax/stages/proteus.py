@@ -5,14 +5,13 @@ runs, not with this module, so the runner's `validate` answers in about a second
 """
 import dataclasses
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from kt_jax import convert, models, sharding
+from kt_jax import convert, models, paths, sharding
 from kt_jax.data import builder
 from kt_jax.errors import UserError
 from kt_jax.models.registry import InputSpec
@@ -171,9 +170,9 @@ def run(config, workdir: str) -> dict:
   last = trainer.train(config, workdir, objective, stream, steps_per_epoch, evaluate,
                        init_params_hook=init_hook)
   after = {}
-  if os.path.exists(os.path.join(workdir, "eval.jsonl")):
-    with open(os.path.join(workdir, "eval.jsonl")) as f:
-      after = json.loads(f.readlines()[-1])
+  eval_file = paths.join(workdir, "eval.jsonl")
+  if paths.exists(eval_file):
+    after = json.loads(paths.read_text(eval_file).splitlines()[-1])
   summary = {"final_metrics": last, "teacher": teacher_scores, "student_before": before,
              "student_after": after, "bad_records": stream.bad_records(),
              "completed": bool(last.get("completed", 1.0))}

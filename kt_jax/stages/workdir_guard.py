@@ -9,6 +9,7 @@ resumes, as with the same config.
 import json
 
 from etils import epath
+from kt_jax import paths
 from kt_jax.errors import UserError
 
 # Dotted keys (matched anywhere in a key's path, so they hold inside pipelines too:
@@ -72,9 +73,10 @@ def _read_json(path: epath.Path) -> dict | None:
 
 def check(config, workdir) -> None:
   """Raises WorkdirMismatchError unless `config` may run (resume, or be skipped) in `workdir`."""
-  workdir = epath.Path(workdir)
-  saved = _read_json(workdir / "config.json")
-  summary = _read_json(workdir / "summary.json")
+  root = paths.as_path(workdir)  # local or a cloud URL (gs://...)
+  workdir = str(epath.Path(paths.normalise(workdir)))  # for messages: the path as given
+  saved = _read_json(root / "config.json")
+  summary = _read_json(root / "summary.json")
   saved_stage = (saved or {}).get("stage") or (summary or {}).get("stage")
   state = "a finished" if summary is not None else "an unfinished"
   advice = "Use another --workdir, or delete this one to redo it."
@@ -89,5 +91,5 @@ def check(config, workdir) -> None:
     shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in diffs[:8])
     more = f"; and {len(diffs) - 8} more" if len(diffs) > 8 else ""
     raise WorkdirMismatchError(
-        f"{workdir} holds {state} run of another config ({workdir / 'config.json'}): "
+        f"{workdir} holds {state} run of another config ({paths.join(workdir, 'config.json')}): "
         f"{shown}{more}. {advice} Only {', '.join(RESULT_NEUTRAL_KEYS)} may change.")

@@ -5,7 +5,6 @@ killed mid-save resumes from the previous complete step; `latest_step()` never r
 partial one.
 """
 import json
-import os
 from typing import Any, Sequence
 
 import jax
@@ -23,7 +22,8 @@ class Checkpointer:
     self.directory = paths.join(paths.absolute(workdir), "checkpoints")  # gs:// stays a URL
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    # An epath.Path from `paths`, as orbax would make of the string itself (gs:// included).
+    self._manager = ocp.CheckpointManager(paths.as_path(self.directory), options=options)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -55,25 +55,25 @@ class Checkpointer:
 
 
 def directory_of(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+  return paths.join(paths.absolute(workdir), "checkpoints")  # gs:// stays a URL
 
 
 def saved_steps(workdir: str) -> list[int]:
   """The steps with a complete (finalised) checkpoint in the workdir, ascending."""
-  return sorted(ocp.path.step.checkpoint_steps(directory_of(workdir)))
+  return sorted(ocp.path.step.checkpoint_steps(paths.as_path(directory_of(workdir))))
 
 
-def restore_subtrees(workdir: str, step: int, paths: Sequence[Sequence[str]]) -> dict:
-  """Only the train-state subtrees at `paths` (e.g. ("params", "student")) of one step's
+def restore_subtrees(workdir: str, step: int, subtrees: Sequence[Sequence[str]]) -> dict:
+  """Only the train-state subtrees at `subtrees` (e.g. ("params", "student")) of one step's
   checkpoint, on this host's first device: no optimizer state is read, and the shardings the
   run used (any mesh, any process count) do not matter."""
-  path = os.path.join(directory_of(workdir), str(step), "state")
+  path = paths.as_path(paths.join(directory_of(workdir), str(step), "state"))
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   with ocp.PyTreeCheckpointer() as ckpt:
     meta = ckpt.metadata(path)
     meta = getattr(meta, "item_metadata", meta)
     wanted: dict = {}
-    for keys in paths:
+    for keys in subtrees:
       source, target = meta, wanted
       for i, key in enumerate(keys):
         try:

@@ -1,12 +1,23 @@
 """Where training numbers go: metrics.jsonl, TensorBoard events (no TensorFlow), a progress
-bar with loss, img/s and ETA, and a PNG of the loss curves at the end."""
+bar with loss, img/s and ETA, and a PNG of the loss curves at the end.
+
+The workdir may be a cloud URL (gs://...): files go through `kt_jax.paths`. tensorboardX
+cannot write there, so a remote run's events are written to a local temporary folder and
+copied to `<workdir>/tensorboard/` when the writer closes.
+"""
+import io
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import numpy as np
+from absl import logging
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
+
+from kt_jax import paths
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
@@ -17,28 +28,31 @@ class MetricWriter:
   def __init__(self, workdir: str, total_steps: int, start_step: int, batch_size: int,
                enabled: bool = True):
     self.workdir, self.enabled, self.batch_size = workdir, enabled, batch_size
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard")) if enabled else None
+    self._tb_dir = paths.join(workdir, "tensorboard")
+    self._tb_local = None  # a remote workdir's events, until close() copies them
+    if enabled and paths.is_remote(workdir):
+      self._tb_local = tempfile.mkdtemp(prefix="kt_jax_tensorboard_")
+    self._tb = SummaryWriter(self._tb_local or self._tb_dir) if enabled else None
     self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                      dynamic_ncols=True, disable=not enabled)
     self._last = (time.perf_counter(), start_step)
     for name in (METRICS_FILE, IDS_FILE, EVAL_FILE):
-      if enabled and start_step == 0 and os.path.exists(os.path.join(workdir, name)):
-        os.remove(os.path.join(workdir, name))  # a fresh run starts a fresh history
+      if enabled and start_step == 0 and paths.exists(paths.join(workdir, name)):
+        paths.remove(paths.join(workdir, name))  # a fresh run starts a fresh history
 
   @property
   def path(self) -> str:
-    return os.path.join(self.workdir, METRICS_FILE)
+    return paths.join(self.workdir, METRICS_FILE)
 
   def truncate_after(self, step: int) -> None:
     """On resume, drop lines logged after the checkpoint we resume from (they will recur)."""
     for name in (METRICS_FILE, IDS_FILE, EVAL_FILE):
-      path = os.path.join(self.workdir, name)
-      if not (self.enabled and os.path.exists(path)):
+      path = paths.join(self.workdir, name)
+      if not (self.enabled and paths.exists(path)):
         continue
-      with open(path) as f:
-        rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-      with open(path, "w") as f:
-        f.writelines(rows)
+      lines = paths.read_text(path).splitlines(keepends=True)
+      rows = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+      paths.write_text(path, "".join(rows))
 
   def write(self, step: int, metrics: dict) -> None:
     now, (then, last_step) = time.perf_counter(), self._last
@@ -47,8 +61,7 @@ class MetricWriter:
     if not self.enabled:
       return
     row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    paths.append_text(self.path, json.dumps(row) + "\n")
     for k, v in row.items():
       if k != "step":
         self._tb.add_scalar(k, v, step)
@@ -59,14 +72,14 @@ class MetricWriter:
   def write_ids(self, step: int, ids) -> None:
     """Which samples a step saw (`log_sample_ids`): proves a resume neither repeats nor skips."""
     if self.enabled:
-      with open(os.path.join(self.workdir, IDS_FILE), "a") as f:
-        f.write(json.dumps({"step": int(step), "ids": [int(i) for i in ids]}) + "\n")
+      paths.append_text(paths.join(self.workdir, IDS_FILE),
+                        json.dumps({"step": int(step), "ids": [int(i) for i in ids]}) + "\n")
 
   def write_eval(self, step: int, metrics: dict) -> None:
     if not self.enabled:
       return
-    with open(os.path.join(self.workdir, EVAL_FILE), "a") as f:
-      f.write(json.dumps({"step": int(step), **metrics}) + "\n")
+    paths.append_text(paths.join(self.workdir, EVAL_FILE),
+                      json.dumps({"step": int(step), **metrics}) + "\n")
     for k, v in metrics.items():
       if isinstance(v, (int, float)):
         self._tb.add_scalar(f"eval/{k}", v, step)
@@ -74,12 +87,28 @@ class MetricWriter:
   def close(self) -> None:
     if self.enabled:
       self._tb.close()
+      if self._tb_local is not None:
+        copied = paths.copy_tree_to(self._tb_local, self._tb_dir)
+        logging.info("TensorBoard events (%d files) written locally, copied to %s",
+                     len(copied), self._tb_dir)
+        shutil.rmtree(self._tb_local, ignore_errors=True)
+        self._tb_local = None
     self._bar.close()
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, METRICS_FILE)) as f:
-    return [json.loads(line) for line in f]
+  return [json.loads(line) for line in paths.read_text(paths.join(workdir, METRICS_FILE))
+          .splitlines() if line.strip()]
+
+
+def _save_figure(fig, path: str) -> None:
+  """`fig.savefig(path)`, through epath for a cloud path (matplotlib writes local files)."""
+  if not paths.is_remote(path):
+    fig.savefig(path)
+    return
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format=os.path.splitext(path)[1].lstrip(".") or "png")
+  paths.write_bytes(path, buffer.getvalue())
 
 
 def plot_loss_curves(workdir: str, out_name: str = "loss_curves.png") -> str:
@@ -104,8 +133,8 @@ def plot_loss_curves(workdir: str, out_name: str = "loss_curves.png") -> str:
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  path = os.path.join(workdir, out_name)
-  fig.savefig(path)
+  path = paths.join(workdir, out_name)
+  _save_figure(fig, path)
   plt.close(fig)
   return path
 
@@ -118,14 +147,13 @@ def plot_eval_curves(workdir: str, before: dict | None = None, references: dict 
   teacher's scores, keyed like 'teacher/mnist/knn_top1') are drawn as dashed levels in the
   colour of the student curve of the same metric. Returns the PNG's path (None: no evals).
   """
-  path = os.path.join(workdir, EVAL_FILE)
-  if not os.path.exists(path):
+  path = paths.join(workdir, EVAL_FILE)
+  if not paths.exists(path):
     return None
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  with open(path) as f:
-    rows = [json.loads(line) for line in f]
+  rows = [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
   if before:
     rows = [dict(before, step=0)] + rows
   keys = sorted({k for r in rows for k in r if k != "step" and isinstance(r[k], (int, float))})
@@ -146,7 +174,7 @@ def plot_eval_curves(workdir: str, before: dict | None = None, references: dict 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.tight_layout()
-  out = os.path.join(workdir, out_name)
-  fig.savefig(out)
+  out = paths.join(workdir, out_name)
+  _save_figure(fig, out)
   plt.close(fig)
   return out

@@ -15,7 +15,6 @@ objective's structure from its `config.json` instead.
 """
 import dataclasses
 import json
-import os
 import sys
 from typing import Any
 
@@ -24,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kt_jax import paths
 from kt_jax.convert import kt_format
 from kt_jax.train import checkpoint
 
@@ -102,8 +102,7 @@ def write_layout(workdir: str, config, objective, abstract_state) -> None:
   spec = layout(config, objective, abstract_state.params, abstract_state.model_state,
                 abstract_state.ema_params is not None)
   if spec is not None:
-    with open(os.path.join(workdir, LAYOUT_FILE), "w") as f:
-      json.dump(spec, f, indent=1)
+    paths.write_text(paths.join(workdir, LAYOUT_FILE), json.dumps(spec, indent=1))
 
 
 def _to_host(x):
@@ -121,9 +120,9 @@ def save_trained(workdir: str, config, objective, state) -> list[str]:
     if params is None:
       continue
     module, variables = objective.feature_model(params, state.model_state)
-    extra = dict(model_extras(config, objective), source=os.path.abspath(workdir),
+    extra = dict(model_extras(config, objective), source=paths.absolute(workdir),
                  step=int(jax.device_get(state.step)), ema=name == EMA_MODEL_DIR)
-    out = os.path.join(workdir, name)
+    out = paths.join(workdir, name)
     kt_format.save(out, as_float32(module), jax.tree.map(_to_host, variables), extra)
     written.append(out)
   return written
@@ -132,14 +131,13 @@ def save_trained(workdir: str, config, objective, state) -> list[str]:
 def _layout_from_config(workdir: str) -> dict:
   """For a workdir without `model_layout.json`: rebuild the objective from `config.json`
   through its stage's `build_objective` (this loads the teacher) and take shapes only."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  path = paths.join(workdir, "config.json")
+  if not paths.isfile(path):
     raise ExtractError(f"{workdir} has neither {LAYOUT_FILE} nor config.json: not a kt_jax "
                        "training workdir.")
   import ml_collections
   from kt_jax import stages
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(json.loads(paths.read_text(path)))
   build = getattr(sys.modules[stages.resolve(config.stage).__module__], "build_objective", None)
   if build is None:
     raise ExtractError(f"Stage {config.stage!r} of {workdir} trains no model to extract.")
@@ -155,10 +153,9 @@ def _layout_from_config(workdir: str) -> dict:
 
 
 def read_layout(workdir: str) -> dict:
-  path = os.path.join(workdir, LAYOUT_FILE)
-  if os.path.isfile(path):
-    with open(path) as f:
-      return json.load(f)
+  path = paths.join(workdir, LAYOUT_FILE)
+  if paths.isfile(path):
+    return json.loads(paths.read_text(path))
   return _layout_from_config(workdir)
 
 
@@ -176,8 +173,8 @@ def extract(workdir: str, step: int | None = None, ema: bool = False,
             out: str | None = None) -> str:
   """Writes the student of checkpoint `step` (default: the latest) as a kt_jax model
   directory, `out` or `<workdir>/model[_ema]_step<N>`; returns its path."""
-  workdir = os.path.abspath(workdir)
-  if not os.path.isdir(workdir):
+  workdir = paths.absolute(workdir)  # local, file:// or a cloud URL (gs://...)
+  if not paths.isdir(workdir):
     raise ExtractError(f"No workdir at {workdir}.")
   steps = checkpoint.saved_steps(workdir)
   if not steps:
@@ -200,7 +197,7 @@ def extract(workdir: str, step: int | None = None, ema: bool = False,
     for key in state_path:
       node = node[key]
     values.append((var_path, np.asarray(node)))
-  out = out or os.path.join(workdir, f"{EMA_MODEL_DIR if ema else MODEL_DIR}_step{step}")
+  out = out or paths.join(workdir, f"{EMA_MODEL_DIR if ema else MODEL_DIR}_step{step}")
   extra = dict(spec["extra"], source=workdir, step=step, ema=bool(ema))
   kt_format.save(out, kt_format.module_from_spec(spec["module"]), _nest(values), extra)
   return out

@@ -3,7 +3,6 @@ supplies the mesh, the compiled and donated train step, the optimizer, checkpoin
 metrics and evaluation, and knows nothing method-specific.
 """
 import dataclasses
-import os
 import signal
 import threading
 from typing import Any, Callable, Iterator
@@ -14,7 +13,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from kt_jax import sharding
+from kt_jax import paths, sharding
 from kt_jax.objectives.base import Objective
 from kt_jax.train import checkpoint, metrics as metrics_lib, model_out
 from kt_jax.train import optimizer as optimizer_lib
@@ -222,7 +221,7 @@ def train(config, workdir: str, objective: Objective, loader, steps_per_epoch: i
     stop_signal.__exit__()
     ckpt.close()
     writer.close()
-  if is_main and os.path.exists(writer.path):
+  if is_main and paths.exists(writer.path):
     metrics_lib.plot_loss_curves(workdir)
   last["completed"] = float(step == sched.total_steps)
   if last["completed"]:  # the product: <workdir>/model/ (and model_ema/)
