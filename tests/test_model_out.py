@@ -167,12 +167,12 @@ def test_task_model_keeps_head_batch_stats_and_class_names(tmp_path):
   """A classifier student (a small ResNet + head, BatchNorm statistics in the model state): model/
   and `extract` hold backbone, head and statistics, and the objective's class names."""
   import jax.numpy as jnp
-  from kt_jax import config_defaults
+  from kt_jax import bench
   from kt_jax.models.classifier import Classifier
   from kt_jax.objectives.task_distill import TaskDistill
   from kt_jax.train import checkpoint, model_out
   from kt_jax.train.state import TrainState
-  config = config_defaults.task_distill_config()
+  config = bench.task_distill_bench_config()
   config.image_size = 32
   spec = InputSpec(32, tuple(config.data.mean), tuple(config.data.std))
   student = Classifier(models.create("resnet18", stage_sizes=(1, 1), width=8), 3)  # small

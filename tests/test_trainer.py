@@ -54,7 +54,11 @@ def test_tiny_config_end_to_end(tmp_path):
   summary = stages.run(config, str(tmp_path))
   history = [loss for _, loss in losses(tmp_path)]
   assert len(history) == 12
-  assert np.mean(history[-3:]) < np.mean(history[:3])  # the loss falls
+  # The loss falls relative to the teacher's own variance in the batch (the raw loss of
+  # 8-image batches moves with that variance more than with 12 steps of training).
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  relative = [r["token_loss"] / r["teacher_cls_var"] for r in rows]
+  assert np.mean(relative[-3:]) < 0.9 * np.mean(relative[:3])
   assert os.path.exists(tmp_path / "loss_curves.png")
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
   row = json.loads(open(tmp_path / "metrics.jsonl").readline())
