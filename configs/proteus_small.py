@@ -1,4 +1,4 @@
-"""Proteus that visibly works on a 2-core CPU: the shipped teacher, shipped images, ~15 min.
+"""Proteus that visibly works on a 2-core CPU: the shipped teacher, on shipped images.
 
   python -m kt_jax.main --config=configs/proteus_small.py --workdir=workdirs/proteus_small
 
@@ -7,7 +7,9 @@ token, its 5x5 final feature map the patch tokens). Student: a 6-block ViT-Ti/32
 (a 5x5 grid, matching the teacher's). Proxy set: 1,024 natural-image crops of the shipped
 photos plus 1,024 unlabelled MNIST digits (none from the evaluation's test split); 64 of them
 are held out to measure, at every evaluation, the R^2 of the student's predictions of the
-teacher on images it never trained on.
+teacher on images it never trained on. 1,000 steps of batch 32: about 12 min of steps at the
+step speed benchmarks/RESULTS.md measured for this shape (44.8 img/s), plus five evaluations;
+the measured run (shared machine) took 38 min wall.
 
 What differs from the official recipe, and why (measured; README "Proteus at small scale"):
 - `proteus.head_init="ridge"`: the heads start at the ridge regression of the teacher on the
