@@ -73,22 +73,19 @@ def read_text(path: str) -> str:
     return f.read()
 
 
-def write_text(path: str, text: str) -> None:
+def _write(path: str, data, mode: str) -> None:
+  """Writes str ("w") or bytes ("wb"): plain files locally, etils.epath for URLs."""
   path = normalise(path)
-  if is_remote(path):
-    as_path(path).write_text(text)
-    return
-  with open(path, "w") as f:
-    f.write(text)
+  with (as_path(path).open(mode) if is_remote(path) else open(path, mode)) as f:
+    f.write(data)
+
+
+def write_text(path: str, text: str) -> None:
+  _write(path, text, "w")
 
 
 def write_bytes(path: str, data: bytes) -> None:
-  path = normalise(path)
-  if is_remote(path):
-    as_path(path).write_bytes(data)
-    return
-  with open(path, "wb") as f:
-    f.write(data)
+  _write(path, data, "wb")
 
 
 def append_text(path: str, text: str) -> None:

@@ -5,6 +5,8 @@
           "image_folder"  path/ with one subfolder per class, or a flat folder
           "arrayrecord"   a TFDS ArrayRecord dataset directory (path, split)
 """
+import os
+
 import jax
 import numpy as np
 from absl import logging
