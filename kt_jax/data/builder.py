@@ -79,13 +79,14 @@ def _check_path(data) -> None:
 class DataStream:
   """An iterator over local batches whose position can be saved and restored.
 
-  `holdout` is the source of the proxy images kept out of training (`data.holdout`), or
-  None: stages measure on it whether the student generalises beyond its training images.
+  `source` holds the training records; `holdout` the proxy images kept out of training
+  (`data.holdout`), or None: stages measure on it whether the student generalises beyond its
+  training images.
   """
 
-  def __init__(self, dataset, holdout=None):
+  def __init__(self, dataset, source=None, holdout=None):
     self._iterator = iter(dataset)
-    self.holdout = holdout
+    self.source, self.holdout = source, holdout
 
   def __iter__(self):
     return self
@@ -182,6 +183,4 @@ def build_train_stream(config) -> tuple[DataStream, int]:
       shard_index=jax.process_index(), shard_count=jax.process_count(),
       worker_count=config.data.get("workers", 0), repeated_augmentation=repeats)
   steps_per_epoch = max(1, len(source) * repeats // config.batch_size)
-  stream = DataStream(dataset, holdout)
-  stream.source = source  # the training records (without the held-out ones)
-  return stream, steps_per_epoch
+  return DataStream(dataset, source, holdout), steps_per_epoch

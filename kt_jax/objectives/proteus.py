@@ -116,8 +116,7 @@ class Proteus:
     images = batch["image"].astype(self.dtype)
     b = images.shape[0]
     k_mask, k_drop = jax.random.split(rng)
-    teacher_in = renormalise(images, self.data_spec, self.teacher_spec)
-    teacher = jax.lax.stop_gradient(self.teacher.apply(frozen, teacher_in))
+    teacher = jax.lax.stop_gradient(self.teacher_outputs(frozen, images))
     masks = masking.proteus_masks(k_mask, b, self.num_patches, self.mask_probability,
                                   self.mask_ratio, self.mask_first_n)
     # Both views in one call: first half masked, second half plain (the mask of all False).
@@ -144,6 +143,10 @@ class Proteus:
                                                       axis=0)))
     return total, (metrics, model_state)
 
+  def teacher_outputs(self, frozen, images) -> dict:
+    """The teacher's output dict for images normalised as the student's pipeline does."""
+    return self.teacher.apply(frozen, renormalise(images, self.data_spec, self.teacher_spec))
+
   def targets(self, teacher_out) -> tuple[jax.Array, jax.Array]:
     """The teacher's (class token, patch tokens), normalised if the config asks for it."""
     cls, patches = teacher_out["x_norm_clstoken"], teacher_out["x_norm_patchtokens"]
@@ -167,7 +170,7 @@ class Proteus:
     on, they say whether it learnt the teacher's function or only its mean (R^2 near 0).
     """
     images = images.astype(self.dtype)
-    teacher = self.teacher.apply(frozen, renormalise(images, self.data_spec, self.teacher_spec))
+    teacher = self.teacher_outputs(frozen, images)
     student = self.student.apply({"params": params["student"]}, images)
     token_out, fea_out, _ = self.heads.apply(
         {"params": params["heads"]}, student["x_norm_clstoken"],
@@ -189,7 +192,7 @@ class Proteus:
     """
     apply = jax.jit(lambda p, v, x: (
         self.student.apply({"params": p}, x),
-        self.targets(self.teacher.apply(v, renormalise(x, self.data_spec, self.teacher_spec)))))
+        self.targets(self.teacher_outputs(v, x))))
     cls, patches, t_cls, t_patches = [], [], [], []
     for start in range(0, len(images), batch_size):
       student, (tc, tp) = apply(params["student"], frozen, images[start:start + batch_size])

@@ -73,8 +73,7 @@ def fit_target_norm(config, objective: proteus.Proteus, images) -> proteus.Prote
   kind = config.proteus.get("target_norm", "none")
   if kind == "none":
     return objective
-  teacher = jax.jit(lambda v, x: objective.teacher.apply(
-      v, proteus.renormalise(x, objective.data_spec, objective.teacher_spec)))
+  teacher = jax.jit(objective.teacher_outputs)
   outs = [teacher(objective.teacher_variables, images[i:i + 64])
           for i in range(0, len(images), 64)]
   cls = np.concatenate([np.asarray(o["x_norm_clstoken"], np.float32) for o in outs])
@@ -94,8 +93,6 @@ def make_init_hook(config, objective: proteus.Proteus, images):
   if head_init == "ridge":
     steps.append(lambda p: objective.ridge_heads(p, objective.frozen(), images,
                                                  config.proteus.head_init_alpha))
-  elif head_init != "default":
-    raise UserError(f"proteus.head_init={head_init!r}: default or ridge.")
   if not steps:
     return None
   def hook(params):
