@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import r2_score
 
-from kt_jax import stages
+from kt_jax import errors as stages_errors, stages
 from kt_jax.data import builder, sources
 from kt_jax.eval.regression import r_squared
 from test_trainer import tiny_config
@@ -115,3 +115,25 @@ def test_eval_curves_png_starts_at_init_with_teacher_levels(tmp_path):
   image = matplotlib.image.imread(path)
   assert image.shape[1] > image.shape[0] > 100  # two panels side by side
   assert metrics.plot_eval_curves(str(tmp_path / "none")) is None
+
+
+def test_a_holdout_as_large_as_the_pool_is_an_error_before_any_teacher():
+  config = tiny_config(**{"data.pool_size": 6, "data.pool_mnist": 2, "data.holdout": 8,
+                          "teacher.path": "/nonexistent/teacher.pth"})
+  with pytest.raises(stages_errors.UserError, match="holdout=8 leaves no training image"):
+    builder.validate(config)
+
+
+def test_the_proxy_pool_can_be_digits_only_photos_only_or_both():
+  sizes = {}
+  for photos, digits in ((0, 5), (4, 0), (4, 5)):
+    config = tiny_config(**{"data.pool_size": photos, "data.pool_mnist": digits})
+    builder.validate(config)
+    source = builder.build_source(config)
+    sizes[photos, digits] = len(source)
+    # Digits are grey (equal channels); natural crops are not.
+    grey = [np.ptp(source[i]["image"].astype(int), axis=-1).max() == 0 for i in range(len(source))]
+    assert sum(grey) == digits
+  assert sizes == {(0, 5): 5, (4, 0): 4, (4, 5): 9}
+  with pytest.raises(stages_errors.UserError, match="positive sum"):
+    builder.validate(tiny_config(**{"data.pool_size": 0, "data.pool_mnist": 0}))

@@ -48,8 +48,15 @@ def validate(config) -> None:
                  "shipped pool.", data.path, data.source)
   if data.get("workers", 0) < 0 or data.get("repeated_augmentation", 1) < 1:
     raise UserError("config.data.workers must be >= 0 and data.repeated_augmentation >= 1.")
-  if data.source == "shipped_pool" and not (data.pool_size > 0 and data.pool_crop_size > 0):
-    raise UserError("config.data.pool_size and data.pool_crop_size must be positive.")
+  if data.source == "shipped_pool":
+    pool = data.pool_size + data.get("pool_mnist", 0)
+    if data.pool_size < 0 or data.get("pool_mnist", 0) < 0 or not (
+        pool > 0 and data.pool_crop_size > 0):
+      raise UserError("config.data.pool_size and data.pool_mnist must be >= 0 with a positive "
+                      "sum (photo crops, digits or both), and data.pool_crop_size positive.")
+    if data.get("holdout", 0) >= pool:
+      raise UserError(f"config.data.holdout={data.holdout} leaves no training image of the "
+                      f"{pool} pool images (pool_size + pool_mnist).")
   if data.source != "shipped_pool":
     _check_path(data)
   defaults = config_defaults.training_config().data
@@ -117,10 +124,12 @@ def build_source(config):
   data_cfg = config.data
   kind = data_cfg.source
   if kind == "shipped_pool":
-    images = shipped.unlabelled_pool(data_cfg.pool_size, data_cfg.pool_crop_size, seed=0)
+    parts = []  # natural photo crops, unlabelled digits, or both (the proxy-set ablation)
+    if data_cfg.pool_size:
+      parts.append(shipped.unlabelled_pool(data_cfg.pool_size, data_cfg.pool_crop_size, seed=0))
     if data_cfg.get("pool_mnist", 0):
-      images = np.concatenate([images, _unlabelled_digits(config)])
-    return sources.InMemorySource(images)
+      parts.append(_unlabelled_digits(config))
+    return sources.InMemorySource(np.concatenate(parts))
   if not data_cfg.get("path"):
     raise UserError(f"config.data.path is required for data.source={kind!r}.")
   path = paths.normalise(data_cfg.path)  # file:// -> local; gs://... read via etils.epath
