@@ -23,7 +23,7 @@ demo: install
 	$(PY) -m kt_jax.main --config=configs/demo.py --workdir=$(WORKDIR)
 
 test: install
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --durations=25 tests
 
 test-slow: install
 	$(PY) -m pytest -q -n 2 --runslow tests
