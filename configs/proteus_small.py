@@ -28,7 +28,7 @@ def get_config():
   c.log_every_steps = 10
   c.eval_every_steps = 250
   c.checkpoint_every_steps = 250
-  c.optimizer.lr = 1e-4
+  c.optimizer.lr = 3e-4
   c.optimizer.warmup_steps = 20
   c.optimizer.min_lr = 1e-6
   c.proteus.head_init = "ridge"
