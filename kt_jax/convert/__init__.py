@@ -145,6 +145,32 @@ def _hf_input_spec(path: str, default):
   return InputSpec(int(size), tuple(mean), tuple(std))
 
 
+_IMAGE_LEVEL_MODEL_TYPES = tuple(_HF_NORMALISATION)  # CLIP and SigLIP families
+
+
+def has_patch_objective(path: str) -> bool | None:
+  """Whether the model at `path` was trained with a patch-level objective (DINOv2, DINOv3:
+  its patch tokens are distillation targets) or only an image-level one (CLIP, SigLIP); read
+  from config.json / model.json / the registry, without loading weights. None: unknown
+  before loading (a remote path, a state-dict file); ask the loaded module then
+  (`module.patch_objective`, True unless the class says otherwise)."""
+  import json
+  path = paths.normalise(str(path))
+  if path.startswith("random:"):
+    from kt_jax import models
+    name = path.removeprefix("random:")
+    return getattr(models.create(name), "patch_objective", True) if name in models.names() else None
+  if path in SHIPPED or not os.path.isdir(path):
+    return None if path not in SHIPPED else True
+  if kt_format.is_kt_dir(path):
+    return not kt_format.read_spec(path).get("class", "").endswith(".ContrastiveViT")
+  config = os.path.join(path, "config.json")
+  if os.path.isfile(config):
+    with open(config) as f:
+      return json.load(f).get("model_type") not in _IMAGE_LEVEL_MODEL_TYPES
+  return None
+
+
 def _is_model_path(path: str) -> bool:
   """False for names that are not paths (shipped models, `random:<name>`)."""
   return bool(path) and not path.startswith("random:") and path not in SHIPPED
