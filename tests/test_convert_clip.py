@@ -13,7 +13,7 @@ from kt_jax.models.clip import ContrastiveViT  # noqa: E402
 from teacher_reference import TINY, images, nchw, perturb, rel_err  # noqa: E402
 
 TOL = 1e-4
-BF16_TOL = 5e-2  # bf16 compute against fp32, relative to the output's scale (measured <= 2e-2)
+BF16_TOL = 2e-2  # bf16 compute against fp32, relative to the output scale (measured <= 8e-3)
 
 
 def _clip(with_projection=True):
@@ -133,7 +133,7 @@ def test_siglip2_matches_transformers(saved, height, width):
   assert rel_err(ours["x_norm_clstoken"], ref.pooler_output) < TOL
 
 
-@pytest.mark.parametrize("name", ["clip", "siglip"])
+@pytest.mark.parametrize("name", ["clip", "siglip", "siglip2"])
 def test_bf16_compute_is_close_to_fp32(saved, name):
   _, path = saved[name]
   x = images(5, 32, 32)

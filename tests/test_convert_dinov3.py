@@ -13,7 +13,7 @@ from kt_jax.models.vit import VisionTransformer  # noqa: E402
 from teacher_reference import TINY, images, nchw, perturb, rel_err  # noqa: E402
 
 TOL = 1e-4
-BF16_TOL = 5e-2  # bf16 compute against fp32, relative to the output's scale
+BF16_TOL = 2e-2  # bf16 compute against fp32, relative to the output scale (measured 6e-3)
 
 
 def _dinov3(gated=False, registers=2):
