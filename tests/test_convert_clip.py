@@ -82,6 +82,7 @@ def test_clip_vision_model_without_projection(tmp_path):
   assert rel_err(ours["x_prenorm"], ref.last_hidden_state) < TOL
 
 
+@pytest.mark.slow
 def test_full_clip_model_imports_its_vision_half(tmp_path):
   config = transformers.CLIPConfig(
       vision_config=dict(image_size=32, **TINY),
@@ -133,7 +134,9 @@ def test_siglip2_matches_transformers(saved, height, width):
   assert rel_err(ours["x_norm_clstoken"], ref.pooler_output) < TOL
 
 
-@pytest.mark.parametrize("name", ["clip", "siglip", "siglip2"])
+# One tower in the default suite (SigLIP: its head too); the same module computes CLIP's.
+@pytest.mark.parametrize("name", [pytest.param("clip", marks=pytest.mark.slow), "siglip",
+                                  pytest.param("siglip2", marks=pytest.mark.slow)])
 def test_bf16_compute_is_close_to_fp32(saved, name):
   _, path = saved[name]
   x = images(5, 32, 32)

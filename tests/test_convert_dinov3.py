@@ -86,3 +86,17 @@ def test_dinov3_wrong_checkpoint_lists_the_mismatched_keys(saved, tmp_path):
   with pytest.raises(convert.CheckpointMismatchError) as e:
     convert.load_pretrained(str(tmp_path / "bad.safetensors"))
   assert "layer.1.layer_scale2.lambda1" in str(e.value) and "norm/scale" in str(e.value)
+
+
+@pytest.mark.slow
+def test_imported_teachers_round_trip_through_the_kt_format(saved, tmp_path):
+  """`convert import` output (model.json + orbax) rebuilds the same module and outputs."""
+  from kt_jax.convert import kt_format
+  _, path = saved[False]
+  module, variables = convert.load_pretrained(path)
+  kt_format.save(str(tmp_path / "dinov3"), module, variables)
+  again, again_vars = convert.load_pretrained(str(tmp_path / "dinov3"))
+  assert again == module
+  x = jnp.asarray(images(3, 32, 32))
+  np.testing.assert_array_equal(module.apply(variables, x)["x_norm_patchtokens"],
+                                again.apply(again_vars, x)["x_norm_patchtokens"])

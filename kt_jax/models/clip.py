@@ -154,7 +154,7 @@ class ContrastiveViT(nn.Module):
     return out
 
 
-CLIPVisionTower = functools.partial(ContrastiveViT)
+CLIPVisionTower = ContrastiveViT  # the defaults are CLIP's
 SiglipVisionTower = functools.partial(
     ContrastiveViT, class_token=False, pre_norm=False, patch_bias=True, act="gelu_pytorch_tanh",
     pool="map", norm_eps=1e-6)

@@ -14,15 +14,13 @@ DINOv3ViT = functools.partial(
 
 
 def _register_all():
-  # (width, depth, heads, mlp ratio, ffn, activation) of the released LVD-1689M backbones.
-  sizes = {"small": (384, 12, 6, 4.0, "mlp", "gelu"),
-           "base": (768, 12, 12, 4.0, "mlp", "gelu"),
-           "large": (1024, 24, 16, 4.0, "mlp", "gelu"),
-           "huge_plus": (1280, 32, 20, 6.0, "gated", "silu")}
-  for size, (width, depth, heads, ratio, ffn, act) in sizes.items():
+  # Architectures for benchmarks (`random:<name>`), plain-MLP sizes with 64-wide heads; the
+  # weights, and the exact architecture of a release, come from its transformers directory.
+  for size, (width, depth, heads) in {"small": (384, 12, 6), "base": (768, 12, 12),
+                                      "large": (1024, 24, 16)}.items():
     registry.register(f"vit_{size}_patch16_dinov3", functools.partial(
-        DINOv3ViT, embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=ratio, ffn=ffn,
-        act=act), registry.InputSpec(image_size=224))
+        DINOv3ViT, embed_dim=width, depth=depth, num_heads=heads),
+        registry.InputSpec(image_size=224))
 
 
 _register_all()
