@@ -120,6 +120,9 @@ def proteus_config() -> ml_collections.ConfigDict:
                                          "overrides": ml_collections.ConfigDict()})
   c.proteus = ml_collections.ConfigDict({
       "lambda_token": 1.0, "lambda_fea": 1.0, "lambda_patch": 1.0,
+      # auto: a CLIP/SigLIP teacher (image-level objective) needs lambda_fea = lambda_patch
+      # = 0, an error says so; yes: distil any teacher's patch tokens (stages/proteus.py)
+      "patch_targets": "auto",
       "mask_probability": 0.5, "mask_ratio": (0.5,), "mask_first_n": True,
       # none (official) | variance | dim | whiten; see kt_jax/objectives/target_norm.py
       "target_norm": "none",

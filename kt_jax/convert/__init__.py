@@ -52,16 +52,41 @@ def _convert_cnn(state: dict) -> tuple[nn.Module, Any]:
   return None
 
 
+# Transformer state-dict layouts, tried in order: (name, converter module). Each module has
+# `detect_layout(keys)` and `convert_state_dict(state, hf_config=...)`.
+_TRANSFORMER_CONVERTERS = (
+    ("DINOv3 ViT (transformers dinov3_vit)", "kt_jax.convert.dinov3"),
+    ("CLIP / SigLIP / SigLIP2 vision tower (transformers)", "kt_jax.convert.clip"),
+)
+_LAYOUTS_TRIED = ("DINOv2 / transformers Dinov2 / timm ViT", "DINOv3 ViT", "CLIP vision tower",
+                  "SigLIP / SigLIP2 vision tower", "EfficientNet-Lite", "MobileNetV2", "ResNet")
+
+
+def _first_keys(state: dict, count: int = 10) -> str:
+  keys = sorted(state)
+  more = f" ... ({len(keys)} keys)" if len(keys) > count else ""
+  return ", ".join(keys[:count]) + more
+
+
 def convert_state_dict(state: dict, hf_config: dict | None = None) -> tuple[nn.Module, Any]:
   """Any supported PyTorch state dict -> (module, variables)."""
-  from kt_jax.convert import vit
+  from kt_jax.convert import clip, vit
+  if not state:
+    raise CheckpointMismatchError("The checkpoint holds no tensors.")
+  for _, module_name in _TRANSFORMER_CONVERTERS:
+    converter = importlib.import_module(module_name)
+    candidate = clip.vision_state(state) if converter is clip else state
+    if converter.detect_layout(candidate.keys()):
+      return converter.convert_state_dict(state, hf_config=hf_config)
   if vit.detect_layout(vit._unchunk(vit._strip_prefixes(state))):
     return vit.convert_state_dict(state, hf_config=hf_config)
   result = _convert_cnn(state)
   if result is None:
+    model_type = (hf_config or {}).get("model_type")
+    found = f" (transformers model_type {model_type!r})" if model_type else ""
     raise CheckpointMismatchError(
-        "Unrecognised checkpoint layout (not DINOv2/transformers/timm ViT, EfficientNet-Lite, "
-        "MobileNetV2 or ResNet); first keys: " + ", ".join(sorted(state)[:10]))
+        f"Unrecognised checkpoint layout{found}; tried: {', '.join(_LAYOUTS_TRIED)}. "
+        f"First keys: {_first_keys(state)}")
   return result
 
 
@@ -77,7 +102,73 @@ def input_spec(path: str, image_size: int = 0):
     if recorded:
       spec = registry.InputSpec(recorded["image_size"], tuple(recorded["mean"]),
                                 tuple(recorded["std"]))
+  elif _is_model_path(path) and os.path.isfile(os.path.join(path, "config.json")):
+    spec = _hf_input_spec(path, spec)
   return dataclasses.replace(spec, image_size=image_size) if image_size else spec
+
+
+# transformers model_type -> the normalisation its image processor applies by default.
+_HF_NORMALISATION = {
+    "clip": "clip", "clip_vision_model": "clip",
+    "siglip": "siglip", "siglip_vision_model": "siglip",
+    "siglip2": "siglip", "siglip2_vision_model": "siglip",
+}
+
+
+def _hf_input_spec(path: str, default):
+  """A transformers directory's input: its preprocessor_config.json when saved with one, else
+  the family's default normalisation (CLIP's own mean/std, SigLIP's 0.5) at its native size."""
+  import json
+  from kt_jax.models import clip as clip_models
+  from kt_jax.models.registry import InputSpec
+  with open(os.path.join(path, "config.json")) as f:
+    hf = json.load(f)
+  vision = hf.get("vision_config") or hf
+  family = _HF_NORMALISATION.get(hf.get("model_type"))
+  if family is None:  # DINOv2/DINOv3 and the CNNs: ImageNet normalisation, as before
+    return default
+  if family == "clip":
+    mean, std = clip_models.CLIP_MEAN, clip_models.CLIP_STD
+  else:
+    mean, std = clip_models.SIGLIP_MEAN, clip_models.SIGLIP_STD
+  size = vision.get("image_size") or default.image_size
+  if not isinstance(size, int):  # siglip2 has num_patches, not image_size
+    size = default.image_size
+  if "image_size" not in vision and vision.get("num_patches"):
+    import math
+    size = math.isqrt(vision["num_patches"]) * vision.get("patch_size", 16)
+  processor = os.path.join(path, "preprocessor_config.json")
+  if os.path.isfile(processor):
+    with open(processor) as f:
+      pre = json.load(f)
+    mean, std = tuple(pre.get("image_mean", mean)), tuple(pre.get("image_std", std))
+  return InputSpec(int(size), tuple(mean), tuple(std))
+
+
+_IMAGE_LEVEL_MODEL_TYPES = tuple(_HF_NORMALISATION)  # CLIP and SigLIP families
+
+
+def has_patch_objective(path: str) -> bool | None:
+  """Whether the model at `path` was trained with a patch-level objective (DINOv2, DINOv3:
+  its patch tokens are distillation targets) or only an image-level one (CLIP, SigLIP); read
+  from config.json / model.json / the registry, without loading weights. None: unknown
+  before loading (a remote path, a state-dict file); ask the loaded module then
+  (`module.patch_objective`, True unless the class says otherwise)."""
+  import json
+  path = paths.normalise(str(path))
+  if path.startswith("random:"):
+    from kt_jax import models
+    name = path.removeprefix("random:")
+    return getattr(models.create(name), "patch_objective", True) if name in models.names() else None
+  if path in SHIPPED or not os.path.isdir(path):
+    return None if path not in SHIPPED else True
+  if kt_format.is_kt_dir(path):
+    return not kt_format.read_spec(path).get("class", "").endswith(".ContrastiveViT")
+  config = os.path.join(path, "config.json")
+  if os.path.isfile(config):
+    with open(config) as f:
+      return json.load(f).get("model_type") not in _IMAGE_LEVEL_MODEL_TYPES
+  return None
 
 
 def _is_model_path(path: str) -> bool:

@@ -145,7 +145,11 @@ def load_torch_file(path: str) -> dict:
     raise NotACheckpointError(f"not a PyTorch/safetensors checkpoint: {path}")
   if kind == "safetensors":
     from safetensors.numpy import load_file
-    return dict(load_file(path))
+    try:
+      return dict(load_file(path))
+    except TypeError:  # bfloat16, which NumPy lacks: read through torch (SourceTensors casts)
+      from safetensors.torch import load_file as load_torch
+      return dict(load_torch(path))
   import torch
   state = torch.load(path, map_location="cpu", weights_only=True)
   for wrapper in ("model", "state_dict", "teacher", "module"):
@@ -211,3 +215,13 @@ def fill_by_key(source: SourceTensors, expected: Mapping[str, tuple[int, ...]],
     raise CheckpointMismatchError(
         f"{e}\n  checkpoint keys with wrong shapes: {', '.join(bad)}",
         num_problems=e.num_problems) from None
+
+
+def concat_rows(arrays: list[np.ndarray]) -> np.ndarray:
+  """Tensors fused along their first axis (q, k, v -> qkv). When their other dimensions
+  disagree (a wrong checkpoint) the result is a placeholder of the first tensor's trailing
+  shape, so `assemble` reports the leaf as mis-shaped instead of NumPy raising here."""
+  if len({a.shape[1:] for a in arrays}) > 1:
+    odd = next(a for a in arrays if a.shape[1:] != arrays[-1].shape[1:])
+    return np.zeros((sum(len(a) for a in arrays),) + odd.shape[1:], np.float32)
+  return np.concatenate(arrays, axis=0)

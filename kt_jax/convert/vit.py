@@ -135,7 +135,7 @@ def _strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
 
 def detect_layout(keys) -> str | None:
   keys = set(keys)
-  if "embeddings.cls_token" in keys:
+  if "embeddings.cls_token" in keys and "embeddings.position_embeddings" in keys:
     return "hf4" if any(".attention.attention.query." in k for k in keys) else "hf5"
   if "cls_token" in keys and "pos_embed" in keys and any(k.startswith("blocks.") for k in keys):
     return "dinov2" if ("mask_token" in keys or "register_tokens" in keys) else "timm"
@@ -153,7 +153,12 @@ def infer_config(state: Mapping[str, Any], layout: str,
   shape = lambda k: tuple(np.shape(state[k]))
   width = shape(n["cls"])[-1]
   block_re = re.compile("^" + re.escape(n["block"]).replace(r"\{i\}", r"(\d+)"))
-  depth = 1 + max(int(m.group(1)) for k in state if (m := block_re.match(k)))
+  blocks = [int(m.group(1)) for k in state if (m := block_re.match(k))]
+  if not blocks:
+    raise strict.CheckpointMismatchError(
+        f"A {layout} ViT checkpoint without blocks (no {n['block'].format(i='N')}* keys); "
+        "first keys: " + ", ".join(sorted(state)[:8]))
+  depth = 1 + max(blocks)
   b0 = n["block"].format(i=0)
   if layout == "timm":
     fc1_out, fc2_in = shape(b0 + "mlp.fc1.weight")[0], shape(b0 + "mlp.fc2.weight")[1]

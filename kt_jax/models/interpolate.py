@@ -66,3 +66,15 @@ def resample_grid_matrices(in_hw: tuple[int, int], out_hw: tuple[int, int], offs
     scale = n_in / (n_out + offset) if offset else None
     mats.append(bicubic_matrix(n_in, n_out, scale, antialias).astype(np.float32))
   return mats[0], mats[1]
+
+
+@functools.lru_cache(maxsize=64)
+def bilinear_antialias_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """The (out_size, in_size) float32 matrix of torch's bilinear resize with antialias=True and
+  align_corners=False along one axis: what SigLIP2 resizes its position grid with (written
+  there as explicit weights: a triangle of half-width max(in/out, 1) around each centre)."""
+  scale = in_size / out_size
+  support = max(scale, 1.0)
+  centre = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
+  weights = np.clip(1 - np.abs(np.arange(in_size)[None, :] - centre[:, None]) / support, 0, None)
+  return (weights / weights.sum(-1, keepdims=True)).astype(np.float32)

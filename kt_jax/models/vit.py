@@ -10,6 +10,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kt_jax.models import registry
 from kt_jax.models.attention import dot_product_attention
@@ -32,6 +33,44 @@ def _gelu(x):
   return x * 0.5 * (1.0 + jax.lax.erf(x * jnp.asarray(2 ** -0.5, x.dtype)))
 
 
+def _quick_gelu(x):
+  """OpenAI CLIP's x * sigmoid(1.702 x) (transformers' `quick_gelu`)."""
+  return x * jax.nn.sigmoid(jnp.asarray(1.702, x.dtype) * x)
+
+
+# transformers' ACT2FN names -> functions; "gelu" is torch's exact erf form.
+ACTIVATIONS = {"gelu": _gelu, "quick_gelu": _quick_gelu, "silu": nn.silu, "swish": nn.silu,
+               "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True)}
+
+
+def rope_tables(grid_hw: tuple[int, int], head_dim: int, theta: float):
+  """(cos, sin), each (H*W, head_dim) float32: DINOv3's 2-D rotary embedding of patch centres.
+
+  As transformers' DINOv3ViTRopePositionEmbedding (eval mode): centres in [-1, 1] per axis,
+  `head_dim / 4` frequencies per axis, angles laid out (y freqs, x freqs) and tiled twice.
+  Static shapes, so computed in NumPy once per input size.
+  """
+  h, w = grid_hw
+  coords = np.stack(np.meshgrid((np.arange(h, dtype=np.float32) + 0.5) / h,
+                                (np.arange(w, dtype=np.float32) + 0.5) / w, indexing="ij"),
+                    axis=-1).reshape(-1, 2) * np.float32(2) - np.float32(1)
+  inv_freq = (1.0 / theta ** np.arange(0, 1, 4 / head_dim, dtype=np.float32)).astype(np.float32)
+  angles = (np.float32(2 * np.pi) * coords[:, :, None] * inv_freq[None, None, :]).reshape(
+      len(coords), -1)
+  angles = np.tile(angles, 2).astype(np.float32)
+  return np.cos(angles), np.sin(angles)
+
+
+def apply_rope(x, cos, sin):
+  """Rotates the last `len(cos)` tokens of (B, T, heads, d) `x`; the prefix (class and
+  register tokens) passes unrotated, as in DINOv3."""
+  prefix, patches = x[:, :x.shape[1] - cos.shape[0]], x[:, x.shape[1] - cos.shape[0]:]
+  half = patches.shape[-1] // 2
+  rotated = jnp.concatenate([-patches[..., half:], patches[..., :half]], axis=-1)
+  cos, sin = cos[None, :, None].astype(x.dtype), sin[None, :, None].astype(x.dtype)
+  return jnp.concatenate([prefix, patches * cos + rotated * sin], axis=1)
+
+
 class LayerScale(nn.Module):
   init_value: float
 
@@ -49,13 +88,17 @@ class Attention(nn.Module):
   implementation: str = "auto"  # see kt_jax.models.attention
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, rope=None):
+    """rope: optional (cos, sin) of `rope_tables`, applied to q and k of the patch tokens."""
     b, t, d = x.shape
     x = x.reshape(b * t, d)  # see layers.tokens_2d
     qkv = nn.Dense(3 * d, use_bias=self.qkv_bias, dtype=self.dtype, kernel_init=_dense_init,
                    name="qkv")(x)
     q, k, v = jnp.split(qkv.reshape(b, t, 3, self.num_heads, d // self.num_heads), 3, axis=2)
-    out = dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], self.implementation)
+    q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
+    if rope is not None:
+      q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    out = dot_product_attention(q, k, v, self.implementation)
     out = nn.Dense(d, use_bias=self.proj_bias, dtype=self.dtype, kernel_init=_dense_init,
                    name="proj")(out.reshape(b * t, d))
     return out.reshape(b, t, d)
@@ -65,31 +108,39 @@ class Mlp(nn.Module):
   hidden_dim: int
   bias: bool = True
   dtype: Dtype = jnp.float32
+  act: str = "gelu"  # a key of ACTIVATIONS
 
   @nn.compact
   @tokens_2d
   def __call__(self, x):
-    h = _gelu(nn.Dense(self.hidden_dim, use_bias=self.bias, dtype=self.dtype,
+    h = ACTIVATIONS[self.act](nn.Dense(self.hidden_dim, use_bias=self.bias, dtype=self.dtype,
                        kernel_init=_dense_init, name="fc1")(x))
     return nn.Dense(x.shape[-1], use_bias=self.bias, dtype=self.dtype, kernel_init=_dense_init,
                     name="fc2")(h)
 
 
 class SwiGLU(nn.Module):
-  """DINOv2's SwiGLUFFNFused: the hidden size is 2/3 of the MLP's, rounded up to 8."""
+  """DINOv2's SwiGLUFFNFused: the hidden size is 2/3 of the MLP's, rounded up to 8.
+
+  `round_hidden=False` keeps `hidden_dim` as given and `act` picks the gate's activation:
+  DINOv3's gated MLP (`ffn="gated"`), `act(gate) * up`, packed as [gate, up] in `w12`.
+  """
   hidden_dim: int
   bias: bool = True
   dtype: Dtype = jnp.float32
+  act: str = "silu"
+  round_hidden: bool = True
 
   @nn.compact
   @tokens_2d
   def __call__(self, x):
-    hidden = (int(self.hidden_dim * 2 / 3) + 7) // 8 * 8
+    hidden = ((int(self.hidden_dim * 2 / 3) + 7) // 8 * 8 if self.round_hidden
+              else self.hidden_dim)
     x12 = nn.Dense(2 * hidden, use_bias=self.bias, dtype=self.dtype, kernel_init=_dense_init,
                    name="w12")(x)
     x1, x2 = jnp.split(x12, 2, axis=-1)
     return nn.Dense(x.shape[-1], use_bias=self.bias, dtype=self.dtype, kernel_init=_dense_init,
-                    name="w3")(nn.silu(x1) * x2)
+                    name="w3")(ACTIVATIONS[self.act](x1) * x2)
 
 
 class DropPath(nn.Module):
@@ -117,16 +168,20 @@ class Block(nn.Module):
   norm_eps: float = 1e-6
   dtype: Dtype = jnp.float32
   attention: str = "auto"
+  act: str | None = None  # None: the FFN's own default (gelu; silu for the SwiGLUs)
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True):
+  def __call__(self, x, deterministic: bool = True, rope=None):
     d = x.shape[-1]
-    ffn_cls = {"mlp": Mlp, "swiglu": SwiGLU}[self.ffn]
+    ffn_cls = {"mlp": Mlp, "swiglu": SwiGLU,
+               "gated": functools.partial(SwiGLU, round_hidden=False)}[self.ffn]
+    if self.act is not None:
+      ffn_cls = functools.partial(ffn_cls, act=self.act)
     scale = (lambda name: LayerScale(self.layerscale_init, name=name)
              if self.layerscale_init is not None else (lambda y: y))
     y = nn.LayerNorm(self.norm_eps, dtype=self.dtype, name="norm1")(x)
     y = Attention(self.num_heads, self.qkv_bias, self.proj_bias, self.dtype, self.attention,
-                  name="attn")(y)
+                  name="attn")(y, rope)
     x = x + DropPath(self.drop_path)(scale("ls1")(y), deterministic)
     y = nn.LayerNorm(self.norm_eps, dtype=self.dtype, name="norm2")(x)
     y = ffn_cls(int(d * self.mlp_ratio), self.ffn_bias, self.dtype, name="mlp")(y)
@@ -140,6 +195,9 @@ class VisionTransformer(nn.Module):
   other input sizes resample it bicubically, the way the checkpoint's own code does:
   `pos_interp_offset=0.1` for the official release, 0.0 for transformers and register models,
   `pos_interp_antialias=True` for register models.
+
+  `position_encoding="rope"` drops the learned position embedding for DINOv3's 2-D rotary
+  embedding of the patch tokens (`rope_theta`), which needs no resampling at any size.
   """
   patch_size: int = 14
   embed_dim: int = 384
@@ -159,6 +217,9 @@ class VisionTransformer(nn.Module):
   norm_eps: float = 1e-6
   dtype: Dtype = jnp.float32
   attention: str = "auto"  # "tiled" on CPU, jax.nn.dot_product_attention elsewhere
+  act: str | None = None  # the FFN's activation (a key of ACTIVATIONS); None: its default
+  position_encoding: str = "learned"  # or "rope" (DINOv3)
+  rope_theta: float = 100.0
 
   def _position_embedding(self, grid_hw: tuple[int, int]) -> jax.Array:
     n = self.pos_grid
@@ -199,7 +260,14 @@ class VisionTransformer(nn.Module):
       x = jnp.where(masks[..., None], mask_token.astype(x.dtype)[None], x)
     cls = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, self.embed_dim))
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, self.embed_dim)), x], 1)
-    x = x + self._position_embedding(grid_hw).astype(x.dtype)
+    rope = None
+    if self.position_encoding == "rope":
+      rope = tuple(jnp.asarray(t) for t in rope_tables(grid_hw, self.embed_dim // self.num_heads,
+                                                        self.rope_theta))
+    elif self.position_encoding == "learned":
+      x = x + self._position_embedding(grid_hw).astype(x.dtype)
+    else:
+      raise ValueError(f"position_encoding {self.position_encoding!r}: learned or rope")
     r = self.num_register_tokens
     if r:
       reg = self.param("register_tokens", nn.initializers.normal(1e-6), (1, r, self.embed_dim))
@@ -211,7 +279,7 @@ class VisionTransformer(nn.Module):
     for i in range(self.depth):
       x = Block(self.num_heads, self.mlp_ratio, self.ffn, self.layerscale_init, rates[i],
                 self.qkv_bias, self.proj_bias, self.ffn_bias, self.norm_eps, self.dtype,
-                self.attention, name=f"blocks_{i}")(x, deterministic=not train)
+                self.attention, self.act, name=f"blocks_{i}")(x, not train, rope)
       if i >= self.depth - return_blocks:
         block_outputs.append(x)
     x_norm = nn.LayerNorm(self.norm_eps, dtype=self.dtype, name="norm")(x)

@@ -37,6 +37,25 @@ def validate(config) -> None:
   checks.check_choice(config.proteus.head_init, "proteus.head_init", ("default", "ridge"))
   builder.validate(config)
   checks.check_eval(config.eval)
+  if not checks.is_deferred(config.teacher.path):
+    check_patch_targets(config, convert.has_patch_objective(config.teacher.path))
+
+
+def check_patch_targets(config, teacher_has_patch_objective: bool | None) -> None:
+  """Which loss terms apply to this teacher. CLIP and SigLIP towers are trained on the
+  image-level embedding only, and the Proteus paper distils only their class token: with
+  `proteus.patch_targets="auto"` such a teacher needs lambda_fea = lambda_patch = 0 (an error
+  says so); "yes" distils their patch tokens anyway, with the lambdas given."""
+  checks.check_choice(config.proteus.get("patch_targets", "auto"), "proteus.patch_targets",
+                      ("auto", "yes"))
+  if (teacher_has_patch_objective is False
+      and config.proteus.get("patch_targets", "auto") == "auto"
+      and (config.proteus.lambda_fea or config.proteus.lambda_patch)):
+    raise UserError(
+        f"teacher.path {config.teacher.path} is a CLIP/SigLIP-style tower (image-level "
+        "objective): its patch tokens are no Proteus target. Distil the class token only "
+        "with --config.proteus.lambda_fea=0 --config.proteus.lambda_patch=0, or distil the "
+        "patch tokens anyway with --config.proteus.patch_targets=yes.")
 
 
 def load_teacher(config, dtype):
@@ -54,6 +73,7 @@ def load_teacher(config, dtype):
 def build_objective(config) -> proteus.Proteus:
   dtype = jnp.dtype(config.compute_dtype)
   teacher, teacher_vars = load_teacher(config, dtype)
+  check_patch_targets(config, getattr(teacher, "patch_objective", True))
   student = models.create(config.student.name, dtype=dtype, **config.student.overrides.to_dict())
   data_spec = InputSpec(config.image_size, tuple(config.data.mean), tuple(config.data.std))
   teacher_spec = convert.input_spec(config.teacher.path, config.image_size)
