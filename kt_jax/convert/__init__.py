@@ -54,14 +54,16 @@ def _convert_cnn(state: dict) -> tuple[nn.Module, Any]:
 
 def convert_state_dict(state: dict, hf_config: dict | None = None) -> tuple[nn.Module, Any]:
   """Any supported PyTorch state dict -> (module, variables)."""
-  from kt_jax.convert import vit
+  from kt_jax.convert import vit, vqgan
+  if vqgan.matches(state.keys()):  # JanusVQVAE / taming VQModel (or a Janus vqmodel part)
+    return vqgan.convert(state)
   if vit.detect_layout(vit._unchunk(vit._strip_prefixes(state))):
     return vit.convert_state_dict(state, hf_config=hf_config)
   result = _convert_cnn(state)
   if result is None:
     raise CheckpointMismatchError(
         "Unrecognised checkpoint layout (not DINOv2/transformers/timm ViT, EfficientNet-Lite, "
-        "MobileNetV2 or ResNet); first keys: " + ", ".join(sorted(state)[:10]))
+        "MobileNetV2, ResNet or VQGAN); first keys: " + ", ".join(sorted(state)[:10]))
   return result
 
 
