@@ -11,4 +11,5 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "InputSpec", "create", "input_spec",
            "input_spec_or_default", "names", "register"]
 
 # Importing the model modules registers their variants.
-from kt_jax.models import efficientnet_lite, mobilenet_v2, resnet, vit, vqgan  # noqa: E402,F401
+from kt_jax.models import (efficientnet_lite, latent_transformer, mobilenet_v2,  # noqa: E402,F401
+                           resnet, vit, vqgan)
