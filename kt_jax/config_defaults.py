@@ -178,7 +178,7 @@ def latent_transformer_config() -> ml_collections.ConfigDict:
   c.vqgan_path = ""            # a kt_jax model directory (a vqgan stage's model/) or workdir
   c.transformer = ml_collections.ConfigDict({"name": "latent_transformer_tiny",
                                              "overrides": ml_collections.ConfigDict()})
-  c.codes = ml_collections.ConfigDict({"epochs_encoded": 4})  # augmented passes encoded once
+  c.codes = ml_collections.ConfigDict({"hflip": True})  # also encode the mirror images
   c.optimizer.update(lr=1e-3, min_lr=1e-5, b1=0.9, b2=0.95, weight_decay=0.01,
                      warmup_steps=20)
   return c
