@@ -53,9 +53,11 @@ def test_generator_loss_and_gradient_match_a_naive_recomputation(step):
             + out["codebook_loss"] + out["commitment_loss"])
     return loss, weight
 
-  (expected, weight), expected_grad = jax.value_and_grad(naive, has_aux=True)(params["vqgan"])
+  (expected, weight), expected_grad = jax.jit(jax.value_and_grad(naive, has_aux=True))(
+      params["vqgan"])
   fn = lambda vq: objective.generator_loss(dict(params, vqgan=vq), state, {}, batch, None)
-  (loss, (metrics, new_state)), grad = jax.value_and_grad(fn, has_aux=True)(params["vqgan"])
+  (loss, (metrics, new_state)), grad = jax.jit(jax.value_and_grad(fn, has_aux=True))(
+      params["vqgan"])
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   np.testing.assert_allclose(metrics["d_weight"], weight, rtol=1e-4)
   assert float(metrics["disc_factor"]) == (1.0 if step >= 3 else 0.0)
