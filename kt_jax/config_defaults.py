@@ -134,3 +134,54 @@ def proteus_config() -> ml_collections.ConfigDict:
   c.data.holdout = 64  # R^2 of the heads against the teacher on these, at every evaluation
   return c
 
+
+
+def generative_training_config() -> ml_collections.ConfigDict:
+  """What the `vqgan` and `latent_transformer` stages share: shipped natural images in
+  [-1, 1] (mean = std = 0.5), mild augmentation, Adam (taming's betas), a held-out set."""
+  c = training_config()
+  c.image_size = 32
+  c.optimizer.update(lr=1e-4, lr_base_batch=0, warmup_init=0.0, min_lr=1e-4,
+                     weight_decay=0.0, b1=0.5, b2=0.9)
+  c.data.source = "shipped_pool"
+  c.data.mean, c.data.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+  c.data.augment = ml_collections.ConfigDict({
+      "scale": (0.5, 1.0), "hflip": 0.5, "randaugment": "", "random_erasing": 0.0})
+  c.data.holdout = 64          # reconstruction scores and contact sheets on these
+  c.eval = eval_config()
+  c.eval.before_training = True
+  c.samples = ml_collections.ConfigDict({"rows": 8, "temperature": 1.0, "top_k": 0,
+                                         "top_p": 1.0})
+  return c
+
+
+def vqgan_config() -> ml_collections.ConfigDict:
+  """The `vqgan` stage: a VQGAN with a PatchGAN, taming's VQLPIPSWithDiscriminator loss."""
+  c = generative_training_config()
+  c.stage = "vqgan"
+  c.vqgan = ml_collections.ConfigDict({"name": "vqgan_tiny",
+                                       "overrides": ml_collections.ConfigDict()})
+  c.discriminator = ml_collections.ConfigDict({"ndf": 64, "n_layers": 3, "norm": "batch"})
+  c.loss = ml_collections.ConfigDict({
+      # The perceptual network (NOT LPIPS: see kt_jax/objectives/perceptual.py); "" = none.
+      "perceptual_network": "efficientnet_lite0", "perceptual_layers": (),
+      "perceptual_image_size": 0, "perceptual_weight": 1.0,
+      "codebook_weight": 1.0, "disc_weight": 0.8, "disc_factor": 1.0,
+      "disc_start": 0, "adaptive_weight": True})
+  # Per update group, keys over `optimizer` (e.g. optimizers.discriminator.lr).
+  c.optimizers = ml_collections.ConfigDict({"generator": {}, "discriminator": {}})
+  del c.samples
+  return c
+
+
+def latent_transformer_config() -> ml_collections.ConfigDict:
+  """The `latent_transformer` stage: next-index prediction over a frozen VQGAN's codes."""
+  c = generative_training_config()
+  c.stage = "latent_transformer"
+  c.vqgan_path = ""            # a kt_jax model directory (a vqgan stage's model/) or workdir
+  c.transformer = ml_collections.ConfigDict({"name": "latent_transformer_tiny",
+                                             "overrides": ml_collections.ConfigDict()})
+  c.codes = ml_collections.ConfigDict({"hflip": True})  # also encode the mirror images
+  c.optimizer.update(lr=1e-3, min_lr=1e-5, b1=0.9, b2=0.95, weight_decay=0.01,
+                     warmup_steps=20)
+  return c

@@ -59,7 +59,8 @@ _TRANSFORMER_CONVERTERS = (
     ("CLIP / SigLIP / SigLIP2 vision tower (transformers)", "kt_jax.convert.clip"),
 )
 _LAYOUTS_TRIED = ("DINOv2 / transformers Dinov2 / timm ViT", "DINOv3 ViT", "CLIP vision tower",
-                  "SigLIP / SigLIP2 vision tower", "EfficientNet-Lite", "MobileNetV2", "ResNet")
+                  "SigLIP / SigLIP2 vision tower", "EfficientNet-Lite", "MobileNetV2", "ResNet",
+                  "VQGAN (JanusVQVAE / taming VQModel)")
 
 
 def _first_keys(state: dict, count: int = 10) -> str:
@@ -70,9 +71,11 @@ def _first_keys(state: dict, count: int = 10) -> str:
 
 def convert_state_dict(state: dict, hf_config: dict | None = None) -> tuple[nn.Module, Any]:
   """Any supported PyTorch state dict -> (module, variables)."""
-  from kt_jax.convert import clip, vit
+  from kt_jax.convert import clip, vit, vqgan
   if not state:
     raise CheckpointMismatchError("The checkpoint holds no tensors.")
+  if vqgan.matches(state.keys()):  # JanusVQVAE / taming VQModel (or a Janus vqmodel part)
+    return vqgan.convert(state)
   for _, module_name in _TRANSFORMER_CONVERTERS:
     converter = importlib.import_module(module_name)
     candidate = clip.vision_state(state) if converter is clip else state

@@ -74,3 +74,18 @@ def save_neighbour_sheet(query_images, bank_images, neighbour_indices, path: str
                  border_px)
   FigureCanvasAgg(fig).print_png(path)
   return path
+
+
+def save_image_grid(rows, path: str, cell_pixels: int = 64, border_px: float = 1.0,
+                    labels: Sequence[str] | None = None) -> str:
+  """Writes a grid of images (R, C, H, W, 3) uint8 as a PNG, e.g. inputs beside their
+  reconstructions (one pair per row) or samples; `labels` captions the first row's cells."""
+  rows = np.asarray(rows)
+  shape = rows.shape[:2]
+  fig = Figure(figsize=(shape[1], shape[0]), dpi=cell_pixels, facecolor="white")
+  for r in range(shape[0]):
+    for c in range(shape[1]):
+      text = labels[c] if labels is not None and r == 0 else None
+      _draw_cell(fig, rows[r, c], r, c, shape, "white", text, border_px)
+  FigureCanvasAgg(fig).print_png(path)
+  return path

@@ -11,5 +11,5 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "InputSpec", "create", "input_spec",
            "input_spec_or_default", "names", "register"]
 
 # Importing the model modules registers their variants.
-from kt_jax.models import (clip, dinov3, efficientnet_lite, mobilenet_v2,  # noqa: E402,F401
-                           resnet, vit)
+from kt_jax.models import (clip, dinov3, efficientnet_lite,  # noqa: E402,F401
+                           latent_transformer, mobilenet_v2, resnet, vit, vqgan)

@@ -23,6 +23,8 @@ _STAGES = {
     "proteus": "kt_jax.stages.proteus:run",
     "convert": "kt_jax.stages.convert:run",
     "pipeline": "kt_jax.stages:run_pipeline",
+    "vqgan": "kt_jax.stages.vqgan:run",
+    "latent_transformer": "kt_jax.stages.latent_transformer:run",
 }
 
 SUMMARY_FILE = "summary.json"

@@ -178,3 +178,45 @@ def plot_eval_curves(workdir: str, before: dict | None = None, references: dict 
   _save_figure(fig, out)
   plt.close(fig)
   return out
+
+
+def plot_panels(workdir: str, panels: dict, out_name: str, before: dict | None = None,
+                latest: dict | None = None) -> str | None:
+  """One panel per title in `panels` ({title: [column, ...]}): each column of eval.jsonl
+  (held out, with markers) and of metrics.jsonl (train) against the step; `before` (step-0
+  scores) starts the eval curves and `latest` (a row with its `step`, not yet in eval.jsonl)
+  ends them. Returns the PNG's path (None: nothing to draw yet)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  tables = {}
+  for name in (EVAL_FILE, METRICS_FILE):
+    path = paths.join(workdir, name)
+    tables[name] = ([json.loads(line) for line in paths.read_text(path).splitlines()
+                     if line.strip()] if paths.exists(path) else [])
+  if before:
+    tables[EVAL_FILE] = [dict(before, step=0)] + tables[EVAL_FILE]
+  if latest:
+    tables[EVAL_FILE] = tables[EVAL_FILE] + [latest]
+  drawn = False
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), dpi=110,
+                           squeeze=False)
+  for ax, (title, columns) in zip(axes[0], panels.items()):
+    for column in columns:
+      for name, marker in ((EVAL_FILE, "o"), (METRICS_FILE, None)):
+        rows = [r for r in tables[name] if isinstance(r.get(column), (int, float))]
+        if rows:
+          label = column + (" (held out)" if name == EVAL_FILE else " (train)")
+          ax.plot([r["step"] for r in rows], [r[column] for r in rows], marker=marker, ms=3,
+                  lw=1.5 if marker else 0.8, label=label)
+          drawn = True
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  out = paths.join(workdir, out_name)
+  if drawn:
+    _save_figure(fig, out)
+  plt.close(fig)
+  return out if drawn else None

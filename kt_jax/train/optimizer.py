@@ -1,6 +1,7 @@
 """AdamW with warmup + cosine, decay masks, optional clipping and layer-wise lr decay.
 
-Built from `config.optimizer`; the schedule is per step (the official DeiT/Proteus code steps
+Built from `config.optimizer` (for an objective with several update groups, one optimizer per
+group from `group_config`); the schedule is per step (the official DeiT/Proteus code steps
 timm's scheduler once per epoch; per-step is the smooth version of the same curve).
 """
 import re
@@ -62,6 +63,22 @@ def peak_learning_rate(opt_cfg, global_batch_size: int) -> float:
   """DeiT's linear scaling rule: lr * batch / lr_base_batch (0 disables scaling)."""
   base = opt_cfg.get("lr_base_batch", 0)
   return opt_cfg.lr * global_batch_size / base if base else opt_cfg.lr
+
+
+def group_config(config, group: str | None):
+  """The optimizer config of update group `group`: `config.optimizer` with the keys of
+  `config.optimizers.<group>` (if any) over it, e.g. `--config.optimizers.discriminator.lr=1e-4`.
+  None: the one optimizer of a one-group objective."""
+  import ml_collections
+  overrides = config.get("optimizers", {}).get(group) if group is not None else None
+  if not overrides:
+    return config.optimizer
+  overrides = overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides)
+  unknown = sorted(set(overrides) - set(config.optimizer))
+  if unknown:
+    raise ValueError(f"config.optimizers.{group} sets {', '.join(unknown)}, which "
+                     f"config.optimizer does not have (it has {', '.join(sorted(config.optimizer))}).")
+  return ml_collections.ConfigDict(dict(config.optimizer.to_dict(), **overrides))
 
 
 def make_optimizer(opt_cfg, params, total_steps: int, warmup_steps: int,

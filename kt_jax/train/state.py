@@ -10,7 +10,7 @@ class TrainState:
   step: jax.Array          # int32 scalar
   params: Any              # {model_name: params}
   model_state: Any         # mutable collections (e.g. batch_stats), {} for ViTs
-  opt_state: Any
+  opt_state: Any          # the optimizer's state; {group: state} with update groups
   ema_params: Any          # same tree as params, or None
   rng: jax.Array           # raw uint32 key data (orbax saves plain arrays)
 

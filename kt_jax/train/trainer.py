@@ -1,6 +1,8 @@
 """The one generic training loop. An objective supplies models and a pure loss; this file
-supplies the mesh, the compiled and donated train step, the optimizer, checkpoints, resume,
-metrics and evaluation, and knows nothing method-specific.
+supplies the mesh, the compiled and donated train step, the optimizer (one per update group
+for objectives that train several models against each other, e.g. a GAN: all updated in the
+one step; see `kt_jax.objectives.base`), checkpoints, resume, metrics and evaluation, and
+knows nothing method-specific.
 """
 import dataclasses
 import signal
@@ -14,7 +16,7 @@ import optax
 from absl import logging
 
 from kt_jax import paths, sharding
-from kt_jax.objectives.base import Objective
+from kt_jax.objectives.base import Objective, update_groups as objective_update_groups
 from kt_jax.train import checkpoint, metrics as metrics_lib, model_out
 from kt_jax.train import optimizer as optimizer_lib
 from kt_jax.train.state import TrainState
@@ -48,6 +50,12 @@ class NonFiniteLossError(RuntimeError):
 class Schedule:
   total_steps: int
   warmup_steps: int
+  steps_per_epoch: int = 0   # for a group optimizer's own `warmup_epochs`
+
+
+def _warmup(opt_cfg, steps_per_epoch: int) -> int:
+  return opt_cfg.get("warmup_steps", 0) or int(
+      opt_cfg.get("warmup_epochs", 0) * steps_per_epoch)
 
 
 def resolve_schedule(config, steps_per_epoch: int) -> Schedule:
@@ -55,28 +63,91 @@ def resolve_schedule(config, steps_per_epoch: int) -> Schedule:
   total = config.get("total_steps", 0) or int(config.get("epochs", 0) * steps_per_epoch)
   if total <= 0:
     raise ValueError("Set config.total_steps or config.epochs to a positive number.")
-  warmup = config.optimizer.get("warmup_steps", 0) or int(
-      config.optimizer.get("warmup_epochs", 0) * steps_per_epoch)
-  return Schedule(total, warmup)
+  return Schedule(total, _warmup(config.optimizer, steps_per_epoch), steps_per_epoch)
 
 
-def make_train_step(objective: Objective, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, ema_decay: float) -> Callable:
+@dataclasses.dataclass(frozen=True)
+class GroupOptimizer:
+  """One optimizer of the train step: what it updates, after which loss, with which schedule.
+
+  `name` None is the one optimizer of an objective without update groups: it updates all
+  params after `objective.loss`, its state is the train state's `opt_state` itself and its
+  metrics carry no prefix (the layout every one-optimizer run has always had).
+  """
+  name: str | None
+  models: tuple[str, ...] | None   # None: every model
+  loss: Callable
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+
+  def select(self, params):
+    return params if self.models is None else {m: params[m] for m in self.models}
+
+
+def make_group_optimizers(config, objective: Objective, abstract_params,
+                          sched: Schedule) -> list[GroupOptimizer]:
+  """The objective's update groups (or its one loss), each with its optimizer from
+  `optimizer.group_config`; a trainable model no group updates is an error."""
+  groups = objective_update_groups(objective)
+  if groups is None:
+    tx, schedule = optimizer_lib.make_optimizer(config.optimizer, abstract_params,
+                                                sched.total_steps, sched.warmup_steps,
+                                                config.batch_size)
+    return [GroupOptimizer(None, None, objective.loss, tx, schedule)]
+  orphans = sorted(set(abstract_params) - {m for g in groups.values() for m in g.models})
+  if orphans:
+    raise ValueError(f"Trainable models {orphans} are in no update group of "
+                     f"{type(objective).__name__}; nothing would update them.")
+  out = []
+  for name, group in groups.items():
+    opt_cfg = optimizer_lib.group_config(config, name)
+    overridden = set(config.get("optimizers", {}).get(name, {}) or {})
+    warmup = (_warmup(opt_cfg, sched.steps_per_epoch)
+              if overridden & {"warmup_steps", "warmup_epochs"} else sched.warmup_steps)
+    sub = {m: abstract_params[m] for m in group.models}
+    tx, schedule = optimizer_lib.make_optimizer(opt_cfg, sub, sched.total_steps, warmup,
+                                                config.batch_size)
+    out.append(GroupOptimizer(name, tuple(group.models), group.loss, tx, schedule))
+  return out
+
+
+def init_opt_state(groups: list[GroupOptimizer], params):
+  if groups[0].name is None:
+    return groups[0].tx.init(params)
+  return {g.name: g.tx.init(g.select(params)) for g in groups}
+
+
+def make_train_step(objective: Objective, groups: list[GroupOptimizer],
+                    ema_decay: float) -> Callable:
+  """The step: each group in order takes the gradient of its loss with respect to its models
+  and applies its optimizer; the next group sees the params and model state it left."""
+  single = groups[0].name is None
+
   def train_step(state: TrainState, batch, frozen):
-    def loss_fn(params):
-      return objective.loss(params, state.model_state, frozen, batch, state.key())
-    (loss, (step_metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params, model_state, key = state.params, state.model_state, state.key()
+    opt_states = {None: state.opt_state} if single else dict(state.opt_state)
+    step_metrics, first_loss = {}, None
+    for index, group in enumerate(groups):
+      rng = key if single else jax.random.fold_in(key, index)
+      def loss_fn(trained, params=params, model_state=model_state, group=group, rng=rng):
+        return group.loss({**params, **trained}, model_state, frozen, batch, rng)
+      trained = group.select(params)
+      (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
+      updates, opt_states[group.name] = group.tx.update(grads, opt_states[group.name], trained)
+      params = {**params, **optax.apply_updates(trained, updates)}
+      prefix = "" if single else f"{group.name}/"
+      step_metrics.update(metrics)
+      step_metrics.update({prefix + "loss": loss, prefix + "lr": group.schedule(state.step),
+                           prefix + "grad_norm": optimizer_lib.global_norm(grads),
+                           prefix + "update_norm": optimizer_lib.global_norm(updates)})
+      first_loss = loss if first_loss is None else first_loss
+    # `loss` (the progress bar, benchmarks): the first group's, e.g. the generator's.
+    step_metrics.update(loss=first_loss, param_norm=optimizer_lib.global_norm(params))
     ema = (optimizer_lib.ema_update(state.ema_params, params, ema_decay)
            if state.ema_params is not None else None)
-    step_metrics = dict(step_metrics, loss=loss, lr=schedule(state.step),
-                        grad_norm=optimizer_lib.global_norm(grads),
-                        param_norm=optimizer_lib.global_norm(params),
-                        update_norm=optimizer_lib.global_norm(updates))
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
-                              opt_state=opt_state, ema_params=ema)
+                              opt_state=opt_states[None] if single else opt_states,
+                              ema_params=ema)
     return new_state, step_metrics
   return train_step
 
@@ -108,16 +179,14 @@ def build(config, objective: Objective, sample: dict, sched: Schedule) -> Setup:
   rules = [tuple(r) for r in config.get("sharding_rules", ())]
   rng = jax.random.key(config.seed)
   abstract_params, _ = jax.eval_shape(objective.init, rng, sample)
-  tx, lr_schedule = optimizer_lib.make_optimizer(config.optimizer, abstract_params,
-                                                 sched.total_steps, sched.warmup_steps,
-                                                 config.batch_size)
+  groups = make_group_optimizers(config, objective, abstract_params, sched)
   ema_decay = config.get("ema_decay", 0.0)
 
   def init_state(key):
     init_key, run_key = jax.random.split(key)
     params, model_state = objective.init(init_key, sample)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                      opt_state=tx.init(params), ema_params=params if ema_decay else None,
+                      opt_state=init_opt_state(groups, params), ema_params=params if ema_decay else None,
                       rng=jax.random.key_data(run_key))
 
   abstract_state = jax.eval_shape(init_state, rng)
@@ -126,7 +195,7 @@ def build(config, objective: Objective, sample: dict, sched: Schedule) -> Setup:
   frozen_shardings = sharding.tree_shardings(frozen, mesh, rules)
   frozen = jax.device_put(frozen, frozen_shardings)
   batch_sharding = sharding.batch_sharding(mesh)
-  step_fn = jax.jit(make_train_step(objective, tx, lr_schedule, ema_decay),
+  step_fn = jax.jit(make_train_step(objective, groups, ema_decay),
                     in_shardings=(state_shardings, batch_sharding, frozen_shardings),
                     out_shardings=(state_shardings, sharding.replicated(mesh)),
                     donate_argnums=(0,))
