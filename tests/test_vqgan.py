@@ -95,7 +95,7 @@ def test_unnormalised_lookup_matches_transformers_encode():
   _assert_close("decoder output", out["recon"], _nhwc(recon))
 
 
-def test_export_round_trips_into_transformers():
+def test_export_round_trips_into_transformers(tmp_path):
   ref = _reference(seed=2)
   module, variables = convert_vqgan.convert(ref.state_dict())
   exported = convert_vqgan.export(module, variables)
@@ -103,8 +103,12 @@ def test_export_round_trips_into_transformers():
   assert sorted(exported) == sorted(original)
   for k in original:
     np.testing.assert_array_equal(exported[k], original[k], err_msg=k)
-  reloaded = JanusVQVAE(JanusVQVAEConfig(**convert_vqgan.janus_config(module, IMAGE_SIZE)))
-  reloaded.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()})
+  convert_vqgan.export_hf(module, variables, str(tmp_path / "hf"), image_size=IMAGE_SIZE)
+  reloaded = JanusVQVAE.from_pretrained(str(tmp_path / "hf")).eval()
+  images = _nchw(_images(2))
+  with torch.no_grad():
+    np.testing.assert_array_equal(reloaded(images).decoded_pixel_values.numpy(),
+                                  ref(images).decoded_pixel_values.numpy())
 
 
 def test_taming_layout_reverses_the_decoder_levels():
