@@ -1,5 +1,7 @@
 """The latent transformer: causality, the cached sampler against naive re-evaluation, and the
 top-k/top-p masks against NumPy."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +17,7 @@ def _model(**kwargs):
   fields = dict(vocab_size=VOCAB, seq_len=SEQ, width=32, depth=2, num_heads=4, num_classes=3)
   fields.update(kwargs)
   module = latent_transformer.LatentTransformer(**fields)
-  params = module.init(jax.random.key(0), jnp.zeros((1, SEQ), jnp.int32))
+  params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, SEQ), jnp.int32))
   # Larger logits than the 0.02 init gives, so sampling is far from uniform.
   params = jax.tree.map(lambda p: p * 8 if p.ndim == 2 else p, params)
   return module, params
@@ -28,29 +30,31 @@ def _indices(seed=0, batch=3):
 def test_logits_are_causal_and_shaped():
   module, params = _model()
   indices = _indices()
-  logits = module.apply(params, indices)
+  apply = jax.jit(module.apply)
+  logits = apply(params, indices)
   assert logits.shape == (3, SEQ, VOCAB)
   changed = indices.at[:, 7].set((indices[:, 7] + 1) % VOCAB)
-  logits2 = module.apply(params, changed)
+  logits2 = apply(params, changed)
   # index 7 is seen only by positions 8 onwards
   np.testing.assert_array_equal(logits[:, :8], logits2[:, :8])
   assert float(jnp.abs(logits[:, 8:] - logits2[:, 8:]).max()) > 0
   # (B, h, w) grids flatten in raster order
-  np.testing.assert_array_equal(module.apply(params, indices.reshape(3, 3, 4)), logits)
+  np.testing.assert_array_equal(apply(params, indices.reshape(3, 3, 4)), logits)
   # the condition changes every position's logits
-  cond = module.apply(params, indices, jnp.array([2, 2, 2]))
+  cond = apply(params, indices, jnp.array([2, 2, 2]))
   assert float(jnp.abs(cond - logits).min(axis=-1).max()) > 0
 
 
 def test_step_by_step_cache_equals_the_parallel_forward():
   module, params = _model()
   indices = _indices(1, 2)
-  full = module.apply(params, indices, jnp.array([0, 1]))
+  full = jax.jit(module.apply)(params, indices, jnp.array([0, 1]))
+  step = jax.jit(functools.partial(module.apply, method=module.step))
   cache = module.init_cache(2)
   start = VOCAB + jnp.array([0, 1])
   for t in range(SEQ):
     token = start if t == 0 else indices[:, t - 1]
-    logits, cache = module.apply(params, token, t, cache, method=module.step)
+    logits, cache = step(params, token, t, cache)
     np.testing.assert_allclose(logits, full[:, t], atol=1e-5, rtol=1e-5)
 
 
@@ -79,10 +83,11 @@ def test_sampler_draws_from_the_model_distribution():
   module, params = _model()
   prefix = jnp.zeros((512, SEQ), jnp.int32)
   greedy = sampling.sample(module, params, jax.random.key(0), prefix[:2], temperature=0.0)
-  logits = module.apply(params, greedy)
+  apply = jax.jit(module.apply)
+  logits = apply(params, greedy)
   np.testing.assert_array_equal(greedy, np.argmax(np.asarray(logits), axis=-1))
   first = np.asarray(sampling.sample(module, params, jax.random.key(1), prefix))[:, 0]
-  probs = np.asarray(jax.nn.softmax(module.apply(params, prefix[:1])[0, 0]))
+  probs = np.asarray(jax.nn.softmax(apply(params, prefix[:1])[0, 0]))
   freq = np.bincount(first, minlength=VOCAB) / len(first)
   assert np.abs(freq - probs).max() < 0.08
 

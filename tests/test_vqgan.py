@@ -1,5 +1,7 @@
 """The VQGAN against transformers' JanusVQVAE (random non-trivial weights), and its codebook
 against NumPy: nearest code, straight-through gradient, losses, usage, perplexity, EMA."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,7 +66,7 @@ def test_import_parity_with_transformers_janus_vqvae():
   module, variables = convert_vqgan.convert(ref.state_dict())
   assert module.l2_normalize and module.downsampling == 2
   images = _images()
-  out = module.apply(variables, images)
+  out = jax.jit(module.apply)(variables, images)
   with torch.no_grad():
     enc = ref.encode(_nchw(images))
     pre_quant = ref.quant_conv(enc.last_hidden_state)
@@ -75,15 +77,15 @@ def test_import_parity_with_transformers_janus_vqvae():
   np.testing.assert_array_equal(np.asarray(out["indices"]).reshape(len(images), -1),
                                 tokens.numpy())
   _assert_close("decoder output", out["recon"], _nhwc(recon))
-  _assert_close("decode_indices", module.apply(variables, out["indices"],
-                                               method="decode_indices"), _nhwc(recon))
+  decode_indices = jax.jit(functools.partial(module.apply, method="decode_indices"))
+  _assert_close("decode_indices", decode_indices(variables, out["indices"]), _nhwc(recon))
 
 
 def test_unnormalised_lookup_matches_transformers_encode():
   ref = _reference(seed=1, unit_codes=False)
   module, variables = convert_vqgan.convert(ref.state_dict(), l2_normalize=False)
   images = _images(1)
-  out = module.apply(variables, images)
+  out = jax.jit(module.apply)(variables, images)
   with torch.no_grad():
     enc = ref.encode(_nchw(images))
     recon = ref.decoder(ref.post_quant_conv(enc.quantized_last_hidden_state))
@@ -93,7 +95,7 @@ def test_unnormalised_lookup_matches_transformers_encode():
   _assert_close("decoder output", out["recon"], _nhwc(recon))
 
 
-def test_export_round_trips_into_transformers():
+def test_export_round_trips_into_transformers(tmp_path):
   ref = _reference(seed=2)
   module, variables = convert_vqgan.convert(ref.state_dict())
   exported = convert_vqgan.export(module, variables)
@@ -101,8 +103,12 @@ def test_export_round_trips_into_transformers():
   assert sorted(exported) == sorted(original)
   for k in original:
     np.testing.assert_array_equal(exported[k], original[k], err_msg=k)
-  reloaded = JanusVQVAE(JanusVQVAEConfig(**convert_vqgan.janus_config(module, IMAGE_SIZE)))
-  reloaded.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()})
+  convert_vqgan.export_hf(module, variables, str(tmp_path / "hf"), image_size=IMAGE_SIZE)
+  reloaded = JanusVQVAE.from_pretrained(str(tmp_path / "hf")).eval()
+  images = _nchw(_images(2))
+  with torch.no_grad():
+    np.testing.assert_array_equal(reloaded(images).decoded_pixel_values.numpy(),
+                                  ref(images).decoded_pixel_values.numpy())
 
 
 def test_taming_layout_reverses_the_decoder_levels():
@@ -113,8 +119,8 @@ def test_taming_layout_reverses_the_decoder_levels():
   taming["loss.discriminator.main.0.weight"] = np.zeros((1,))  # taming ships its loss too
   module2, variables2 = convert_vqgan.convert(taming, l2_normalize=True)
   images = _images(3)
-  np.testing.assert_array_equal(module.apply(variables, images)["recon"],
-                                module2.apply(variables2, images)["recon"])
+  np.testing.assert_array_equal(jax.jit(module.apply)(variables, images)["recon"],
+                                jax.jit(module2.apply)(variables2, images)["recon"])
 
 
 def test_import_names_every_bad_key():
@@ -239,13 +245,13 @@ def test_registered_variants_shapes():
 def test_tiny_vqgan_trains_end_to_end_gradients():
   module = models.create("vqgan_tiny")
   images = jnp.asarray(_images(0, 2).repeat(2, 1).repeat(2, 2))
-  variables = module.init(jax.random.key(0), images)
+  variables = jax.jit(module.init)(jax.random.key(0), images)
 
   def loss(params):
     out = module.apply({"params": params}, images, train=True)
     return (jnp.mean((out["recon"] - images) ** 2) + out["commitment_loss"]
             + out["codebook_loss"])
-  grads = jax.grad(loss)(variables["params"])
+  grads = jax.jit(jax.grad(loss))(variables["params"])
   for part in ("encoder", "decoder", "quantize"):
     assert float(max(jnp.abs(g).max() for g in jax.tree.leaves(grads[part]))) > 0, part
 

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
   exp.add_argument("--out", required=True, metavar="PATH",
                    help="a directory for --format hf, a .pth file for --format dinov2")
   exp.add_argument("--format", choices=("hf", "dinov2"), default="hf",
-                   help="hf: config.json + model.safetensors for transformers.AutoModel; "
+                   help="hf: config.json + model.safetensors for transformers.AutoModel "
+                        "(a VQGAN: for transformers.JanusVQVAE); "
                         "dinov2: the official DINOv2 state dict layout")
   ext = sub.add_parser("extract", parents=[common], help="training checkpoint -> kt_jax model directory")
   ext.add_argument("--workdir", required=True,
@@ -72,10 +73,14 @@ def _run(args) -> int:
       return 2
     print(f"Extracted the student of {args.workdir} into {out}")
     return 0
-  from kt_jax.convert import vit
+  from kt_jax.convert import vit, vqgan
   module, variables = kt_format.load(args.src)
+  if isinstance(module, vqgan.vqgan_model.VQGAN) and args.format == "hf":
+    vqgan.export_hf(module, variables, args.out)  # transformers' JanusVQVAE
+    print(f"Exported {args.src} to {args.out} (transformers JanusVQVAE layout)")
+    return 0
   if not isinstance(module, vit.VisionTransformer):
-    raise errors.UserError(f"Export supports ViTs only; {args.src} holds a "
+    raise errors.UserError(f"Export supports ViTs and VQGANs only; {args.src} holds a "
                            f"{type(module).__name__}.")
   if args.format == "hf":
     vit.export_hf(module, variables["params"], args.out)

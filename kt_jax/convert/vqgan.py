@@ -175,3 +175,16 @@ def janus_config(module: vqgan_model.VQGAN, image_size: int = 256) -> dict:
               channel_multiplier=list(module.channel_multiplier),
               num_res_blocks=module.num_res_blocks, out_channels=module.out_channels,
               num_patches=image_size // module.downsampling)
+
+
+def export_hf(module: vqgan_model.VQGAN, variables: Mapping[str, Any], out_dir: str,
+              image_size: int = 256) -> None:
+  """config.json + model.safetensors that `transformers.JanusVQVAE.from_pretrained` loads;
+  `image_size` sets the token grid its `decode` expects (num_patches)."""
+  import os
+  from safetensors.numpy import save_file
+  import transformers
+  os.makedirs(out_dir, exist_ok=True)
+  transformers.JanusVQVAEConfig(**janus_config(module, image_size)).save_pretrained(out_dir)
+  state = {k: np.ascontiguousarray(v) for k, v in export(module, variables).items()}
+  save_file(state, os.path.join(out_dir, "model.safetensors"))

@@ -57,17 +57,13 @@ def feature_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
   return frechet_distance(*statistics(features_a), *statistics(features_b))
 
 
-def folder_features(folder: str, model: str, image_size: int = 0,
-                    batch_size: int = 64) -> np.ndarray:
+def folder_features(folder: str, module, variables, spec, batch_size: int = 64) -> np.ndarray:
   """Pooled features (N, D) of every image of `folder` (flat or class subfolders)."""
-  from kt_jax import convert
   from kt_jax.data import sources
   from kt_jax.eval import features
-  module, variables = convert.load_pretrained(model)
-  spec = convert.input_spec(model, image_size)
-  source = sources.ImageFolderSource(folder)
-  out = features.extract_source_features(module, variables, source, spec,
-                                         batch_size=batch_size, keys=("x_norm_clstoken",),
+  out = features.extract_source_features(module, variables, sources.ImageFolderSource(folder),
+                                         spec, batch_size=batch_size,
+                                         keys=("x_norm_clstoken",),
                                          desc=os.path.basename(folder.rstrip("/")))
   return out["x_norm_clstoken"]
 
@@ -102,8 +98,10 @@ def _run(args) -> int:
   _check_folder(args.a)
   _check_folder(args.b)
   convert.check_source(args.model)
-  feats_a = folder_features(args.a, args.model, args.image_size, args.batch_size)
-  feats_b = folder_features(args.b, args.model, args.image_size, args.batch_size)
+  module, variables = convert.load_pretrained(args.model)
+  spec = convert.input_spec(args.model, args.image_size)
+  feats_a, feats_b = (folder_features(folder, module, variables, spec, args.batch_size)
+                      for folder in (args.a, args.b))
   distance = feature_distance(feats_a, feats_b)
   dim = feats_a.shape[1]
   note = (f" (fewer images than the {dim} feature dimensions: covariances are singular)"
