@@ -11,4 +11,5 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "InputSpec", "create", "input_spec",
            "input_spec_or_default", "names", "register"]
 
 # Importing the model modules registers their variants.
-from kt_jax.models import efficientnet_lite, mobilenet_v2, resnet, vit  # noqa: E402,F401
+from kt_jax.models import (efficientnet_lite, mobilenet_v2, mobilevit_v2, resnet,  # noqa: E402,F401
+                           vit)
