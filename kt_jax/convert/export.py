@@ -249,7 +249,8 @@ def export_onnx(module: nn.Module, variables: Mapping[str, Any], path: str,
   output `logits`; the batch axis is dynamic."""
   import torch
   model = _Logits(torch_model(module, variables))
-  dummy = torch.zeros(1, 3, image_size, image_size)
+  # An example batch of 2: torch.export specialises a size-1 dimension to the constant 1.
+  dummy = torch.zeros(2, 3, image_size, image_size)
   batch = torch.export.Dim("batch", min=1, max=1024)
   torch.onnx.export(model, (dummy,), path, input_names=["pixel_values"],
                     output_names=["logits"], dynamic_shapes={"pixel_values": {0: batch}},
