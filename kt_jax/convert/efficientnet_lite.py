@@ -64,3 +64,26 @@ def shipped_path(variant: str) -> str:
 
 def load_shipped(variant: str = "efficientnet_lite0"):
   return convert(strict.load_torch_file(shipped_path(variant)), variant)
+
+
+# --------------------------------------------------------------------------------------------
+# Export back into the same layout.
+
+
+def reference_name(module: nn.Module) -> str:
+  """The `efficientnet_lite_pytorch` model name of `module`'s width/depth."""
+  from kt_jax.models.efficientnet_lite import _VARIANTS
+  for name, (width, depth, _, _) in _VARIANTS.items():
+    if (width, depth) == (module.width_multiplier, module.depth_multiplier):
+      return name.replace("_", "-")
+  raise ValueError(f"No efficientnet-lite variant has width {module.width_multiplier} and "
+                   f"depth {module.depth_multiplier}.")
+
+
+def to_state_dict(variables) -> dict:
+  """Flax variables (head `fc` included) -> `efficientnet_lite_pytorch` keys."""
+  import numpy as np
+  from flax import traverse_util
+  flat = traverse_util.flatten_dict({c: variables[c] for c in ("params", "batch_stats")
+                                     if c in variables}, sep="/")
+  return {torch_key(p): strict.flax_to_torch(np.asarray(v)) for p, v in flat.items()}

@@ -72,3 +72,47 @@ def shipped_path(variant: str = "mobilenet_v2") -> str:
 
 def load_shipped(variant: str = "mobilenet_v2"):
   return convert(strict.load_torch_file(shipped_path(variant)), variant)
+
+
+# --------------------------------------------------------------------------------------------
+# Export to transformers' MobileNetV2ForImageClassification (torchvision's network with
+# `tf_padding=False`, BatchNorm eps 1e-5; features.0/1 are its stem, features.18 its conv_1x1).
+
+_HF_LAYER = {"expand": "expand_1x1", "depthwise": "conv_3x3", "project_conv": "reduce_1x1",
+             "project_bn": "reduce_1x1"}
+_HF_PART = {"conv": "convolution", "bn": "normalization", "project_conv": "convolution",
+            "project_bn": "normalization"}
+
+
+def hf_key(path: str, last_index: int) -> str:
+  """'params/features_3/depthwise/bn/scale' -> 'mobilenet_v2.layer.1.conv_3x3.normalization.weight'."""
+  collection, top, *inner, leaf = path.split("/")
+  suffix = _LEAF[(collection, leaf)]
+  if top == "classifier":
+    return f"classifier.{suffix}"
+  index = int(top.removeprefix("features_"))
+  if index in (0, last_index):
+    base = "conv_stem.first_conv" if index == 0 else "conv_1x1"
+    return f"mobilenet_v2.{base}.{_HF_PART[inner[0]]}.{suffix}"
+  base = "conv_stem" if index == 1 else f"layer.{index - 2}"
+  layer, part = inner[0], (inner[1] if len(inner) > 1 else inner[0])
+  return f"mobilenet_v2.{base}.{_HF_LAYER[layer]}.{_HF_PART[part]}.{suffix}"
+
+
+def hf_config(module: nn.Module, num_labels: int):
+  import transformers
+  return transformers.MobileNetV2Config(
+      depth_multiplier=module.width_multiplier, tf_padding=False, layer_norm_eps=1e-5,
+      hidden_act="relu6", classifier_dropout_prob=module.dropout_rate,
+      num_labels=max(num_labels, 1))
+
+
+def to_hf_state_dict(variables) -> dict:
+  """Flax variables (head `classifier` optional) -> MobileNetV2ForImageClassification keys."""
+  import numpy as np
+  from flax import traverse_util
+  flat = traverse_util.flatten_dict({c: variables[c] for c in ("params", "batch_stats")
+                                     if c in variables}, sep="/")
+  last = max(int(p.split("/")[1].removeprefix("features_")) for p in flat
+             if p.split("/")[1].startswith("features_"))
+  return {hf_key(p, last): strict.flax_to_torch(np.asarray(v)) for p, v in flat.items()}

@@ -100,3 +100,32 @@ def convert(state_dict: Mapping[str, Any], variant_name: str,
   variables = strict.fill_by_key(source, expected, key_of,
                                  what=f"ResNet state dict for {variant_name!r}")
   return module, variables
+
+
+# --------------------------------------------------------------------------------------------
+# Export: the same key functions backwards.
+
+
+def hf_config(module: nn.Module, num_labels: int):
+  """transformers' ResNetConfig of `module` (torchvision v1.5 settings)."""
+  import transformers
+  expansion = _resnet.BLOCKS[module.block].expansion
+  return transformers.ResNetConfig(
+      embedding_size=module.width, layer_type=module.block, depths=list(module.stage_sizes),
+      hidden_sizes=[module.width * 2**i * expansion for i in range(len(module.stage_sizes))],
+      hidden_act="relu", downsample_in_first_stage=False, downsample_in_bottleneck=False,
+      num_labels=max(num_labels, 1))
+
+
+def to_hf_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Flax variables (head `fc` optional) -> ResNetForImageClassification keys."""
+  from flax import traverse_util
+  flat = traverse_util.flatten_dict({c: variables[c] for c in ("params", "batch_stats")
+                                     if c in variables}, sep="/")
+  state = {}
+  for path, value in flat.items():
+    _, *modules, leaf = path.split("/")
+    key = f"{_huggingface_module(tuple(modules))}.{_LEAF_NAMES[leaf]}"
+    state[key if key.startswith("classifier.") else _HF_PREFIX + key] = strict.flax_to_torch(
+        np.asarray(value))
+  return state

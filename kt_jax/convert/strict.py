@@ -75,6 +75,10 @@ class SourceTensors:
   def keys(self) -> list[str]:
     return list(self._tensors)
 
+  def shape_of(self, key: str) -> tuple[int, ...]:
+    """A tensor's shape without marking it used (for reading the architecture)."""
+    return tuple(np.shape(self._tensors[key]))
+
   def take(self, key: str) -> np.ndarray | None:
     """Returns the tensor as float32 NumPy and marks it used; records it missing if absent."""
     if key not in self._tensors:
@@ -190,6 +194,16 @@ def torch_to_flax(tensor: np.ndarray, expected_ndim: int) -> np.ndarray:
   if tensor.ndim == 2:
     return tensor.T
   return tensor
+
+
+def flax_to_torch(array: np.ndarray) -> np.ndarray:
+  """The inverse of `torch_to_flax`, contiguous (safetensors writes raw buffers, not views)."""
+  array = np.asarray(array, np.float32)
+  if array.ndim == 4:
+    array = array.transpose(3, 2, 0, 1)
+  elif array.ndim == 2:
+    array = array.T
+  return np.ascontiguousarray(array)
 
 
 def fill_by_key(source: SourceTensors, expected: Mapping[str, tuple[int, ...]],

@@ -12,4 +12,4 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "InputSpec", "create", "input_spec",
 
 # Importing the model modules registers their variants.
 from kt_jax.models import (clip, dinov3, efficientnet_lite,  # noqa: E402,F401
-                           latent_transformer, mobilenet_v2, resnet, vit, vqgan)
+                           latent_transformer, mobilenet_v2, mobilevit_v2, resnet, vit, vqgan)

@@ -1,0 +1,54 @@
+"""Parameter counts and forward FLOPs of registered models, without running them.
+
+Params come from `jax.eval_shape` of the init (shapes only). FLOPs are XLA's cost analysis of
+the lowered (not compiled) inference forward at batch 1: multiply-adds count as 2 FLOPs, and
+elementwise work (norms, activations, softmax) is included, so figures run a few percent above
+conv/matmul-only counts quoted in papers.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kt_jax.models import registry
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelStats:
+  name: str
+  image_size: int
+  params: int
+  flops: float
+
+
+def param_count(module, image_size: int) -> int:
+  """Trainable parameters ('params' collection; BatchNorm statistics excluded)."""
+  shapes = jax.eval_shape(
+      lambda: module.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3))))
+  return int(sum(np.prod(s.shape) for s in jax.tree.leaves(shapes["params"])))
+
+
+def forward_flops(module, image_size: int) -> float:
+  """XLA's FLOP count of one image's inference forward."""
+  variables = jax.eval_shape(
+      lambda: module.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3))))
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  cost = jax.jit(module.apply).lower(variables, x).cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax returns one dict per device
+    cost = cost[0]
+  return float(cost["flops"])
+
+
+def model_stats(name: str, image_size: int = 0) -> ModelStats:
+  """`name` at `image_size` (0: its registered input size)."""
+  size = image_size or registry.input_spec(name).image_size
+  module = registry.create(name)
+  return ModelStats(name, size, param_count(module, size), forward_flops(module, size))
+
+
+def format_table(rows: list[ModelStats]) -> str:
+  lines = [f"{'model':<24} {'size':>5} {'params (M)':>11} {'GFLOPs':>9}"]
+  lines += [f"{r.name:<24} {r.image_size:>5} {r.params / 1e6:>11.2f} {r.flops / 1e9:>9.2f}"
+            for r in rows]
+  return "\n".join(lines)
