@@ -45,6 +45,10 @@ class LabelledPool:
   kind: str = CLASSIFICATION
   candidates: np.ndarray | None = None  # indices of `train` that may be drawn (None: all)
   ignore_index: int = 255
+  # Names of the classes `train_labels` count, when they are not the model's classes (a
+  # segmentation image sampled by the digit it shows, its pixels labelled digit or
+  # background); None: `class_names`.
+  strata: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,9 +218,10 @@ def make_splits(pool: LabelledPool, labels_per_class: int, val_per_class: int,
   """Draws the few-shot train and validation splits (labels_per_class 0: every candidate)."""
   candidates = (np.arange(len(pool.train_labels)) if pool.candidates is None
                 else np.asarray(pool.candidates))
+  strata = pool.strata or pool.class_names
   n = labels_per_class or int(np.bincount(pool.train_labels[candidates],
-                                          minlength=len(pool.class_names)).min())
-  per_class = sample_per_class(pool.train_labels, n, seed, pool.class_names, candidates)
+                                          minlength=len(strata)).min())
+  per_class = sample_per_class(pool.train_labels, n, seed, strata, candidates)
   val_ids = np.sort(np.concatenate([c[:val_per_class] for c in per_class]))
   train_ids = np.sort(np.concatenate([c[val_per_class:] for c in per_class]))
   # Test ids in the train source's numbering when the test split is cut from the same source
