@@ -87,6 +87,7 @@ def test_linear_probe_leaves_the_backbone_bit_identical(tiny_resnet, tmp_path):
   assert len(split["train_ids"]) == 20 and len(split["val_ids"]) == 10
 
 
+@pytest.mark.slow
 def test_lp_ft_probes_then_trains_everything(tmp_path):
   config = tiny_config(**{"finetune.mode": "lp_ft", "finetune.probe_steps": 2,
                           "report.dir": ""})
@@ -153,6 +154,7 @@ def _synthetic_segmentation(options, seed):
 fewshot.register_task("synthetic_seg", _synthetic_segmentation, fewshot.SEGMENTATION)
 
 
+@pytest.mark.slow
 def test_segmentation_trains_on_masks(tmp_path):
   config = tiny_config(**{"data.task": "synthetic_seg", "data.labels_per_class": 4,
                           "total_steps": 2, "report.dir": "."})
@@ -163,6 +165,33 @@ def test_segmentation_trains_on_masks(tmp_path):
   out = module.apply(variables, jnp.zeros((1, 32, 32, 3)))
   assert out["logits"].shape == (1, 32, 32, 3)
   assert json.loads((tmp_path / "report.json").read_text())[0]["metric"] == "miou"
+
+
+def test_lp_ft_phase_two_starts_from_the_probe(tmp_path):
+  """Without training: the probe phase's config, and the full phase initialised from a
+  probed task model (its backbone and its head)."""
+  config = tiny_config(**{"finetune.mode": "lp_ft", "finetune.probe_steps": 5,
+                          "finetune.probe_lr": 0.5, "optimizer.layer_decay": 0.8})
+  probe = finetune._probe_config(config)
+  assert (probe.finetune.mode, probe.total_steps, probe.optimizer.lr, probe.report.dir,
+          probe.optimizer.layer_decay) == ("linear_probe", 5, 0.5, "", 0.0)
+  assert finetune._with_freeze(probe).optimizer.freeze == finetune.BACKBONE_FREEZE
+  splits = fewshot.build_splits(config.data, 0)
+  objective = finetune.build_objective(config, splits)
+  params, state = objective.init(jax.random.key(7), {"image": jnp.zeros((1, 32, 32, 3))})
+  module, variables = objective.feature_model(params, state)
+  kt_format.save(str(tmp_path / "probe_model"), module, jax.tree.map(np.asarray, variables))
+  config.backbone.name, config.backbone.path = "", str(tmp_path / "probe_model")
+  backbone = finetune.load_backbone(config, jnp.float32)
+  objective = finetune.build_objective(config, splits, backbone)
+  fresh, _ = objective.init(jax.random.key(0), {"image": jnp.zeros((1, 32, 32, 3))})
+  params_hook, _ = finetune.init_hooks(backbone, objective, keep_head=True)
+  started = params_hook(fresh)
+  for key, value in _flat(params["model"]).items():
+    np.testing.assert_array_equal(_flat(started["model"])[key], value)
+  fresh_head = finetune.init_hooks(backbone, objective, keep_head=False)[0](fresh)
+  np.testing.assert_array_equal(fresh_head["model"]["head"]["kernel"],
+                                fresh["model"]["head"]["kernel"])
 
 
 def test_label_smoothing_cross_entropy_matches_numpy():
@@ -199,8 +228,8 @@ def test_segmentation_head_on_a_model_without_spatial_output_is_an_error():
     def __call__(self, x, train=False):
       return {"x_norm_clstoken": nn.Dense(4)(x.mean(axis=(1, 2)))}
   with pytest.raises(UserError, match="spatial output"):
-    finetune.check_spatial(PooledOnly(), 32, "pooled_only")
-  finetune.check_spatial(models.create("resnet18", width=8), 32, "resnet18")  # no error
+    checks.check_spatial(PooledOnly(), 32, "pooled_only")
+  checks.check_spatial(models.create("resnet18", width=8), 32, "resnet18")  # no error
 
 
 @pytest.mark.parametrize("change,match", [

@@ -229,8 +229,8 @@ def make_splits(pool: LabelledPool, labels_per_class: int, val_per_class: int,
   shared = isinstance(pool.test, sources.SubsetSource) and pool.test.parent is pool.train
   test_ids = np.asarray(pool.test.indices) if shared else np.arange(len(pool.test))
   val = sources.SubsetSource(pool.train, val_ids) if len(val_ids) else None
-  return Splits(pool.name, pool.kind, sources.SubsetSource(pool.train, train_ids), val, pool.test, pool.class_names,
-                train_ids, val_ids, test_ids, pool.ignore_index)
+  return Splits(pool.name, pool.kind, sources.SubsetSource(pool.train, train_ids), val,
+                pool.test, pool.class_names, train_ids, val_ids, test_ids, pool.ignore_index)
 
 
 def build_splits(data_cfg, seed: int) -> Splits:

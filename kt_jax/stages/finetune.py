@@ -30,7 +30,7 @@ from absl import logging
 from kt_jax import convert, models, paths, sharding
 from kt_jax.data import fewshot, pipeline
 from kt_jax.errors import UserError
-from kt_jax.models.classifier import CLS_MEAN_PATCH, Classifier, Segmenter, spatial_features
+from kt_jax.models.classifier import CLS_MEAN_PATCH, Classifier, Segmenter
 from kt_jax.models.registry import InputSpec
 from kt_jax.objectives import supervised
 from kt_jax.stages import checks
@@ -43,17 +43,7 @@ PROBE_DIR = "probe"
 
 def validate(config) -> None:
   """Everything checkable before a model is loaded (see stages.checks)."""
-  b = config.backbone
-  if bool(b.path) == bool(b.name):
-    raise UserError("Set exactly one of --config.backbone.path (a checkpoint, model directory, "
-                    "shipped model or random:<name>) and --config.backbone.name (a registered "
-                    "model, initialised from the seed).")
-  if b.path:
-    checks.check_teacher_path(b.path, "backbone.path")
-  else:
-    checks.check_model(b.name, b.overrides, "backbone")
-  if "dtype" in b.overrides:
-    raise UserError("Set the dtype with --config.compute_dtype, not backbone.overrides.dtype.")
+  checks.check_model_source(config.backbone, "backbone")
   checks.check_choice(config.compute_dtype, "compute_dtype", checks.COMPUTE_DTYPES)
   checks.check_choice(config.finetune.mode, "finetune.mode", MODES)
   checks.check_choice(config.head.feature, "head.feature", HEAD_FEATURES)
@@ -87,23 +77,8 @@ def _check_spatial_early(config) -> None:
       module = kt_format.module_from_spec(kt_format.read_spec(b.path))
       module = getattr(module, "backbone", module)
   if module is not None:
-    check_spatial(module, image_size(config, _spec_without_loading(config)),
-                  b.name or b.path)
-
-
-def check_spatial(backbone, size: int, what: str) -> None:
-  """UserError unless `backbone` has a spatial output a segmentation head can read."""
-  found = {}
-
-  def outputs():  # traced for shapes only: no FLOPs, no weights
-    out = backbone.init_with_output(jax.random.key(0), jnp.zeros((1, size, size, 3)))[0]
-    found["keys"] = sorted(out)
-    found["spatial"] = spatial_features(out, (size, size)) is not None
-    return 0
-  jax.eval_shape(outputs)
-  if not found["spatial"]:
-    raise UserError(f"A segmentation head needs a backbone with a spatial output (feature_map "
-                    f"or patch tokens); {what} returns only {', '.join(found['keys'])}.")
+    checks.check_spatial(module, image_size(config, _spec_without_loading(config)),
+                         b.name or b.path)
 
 
 def _spec_without_loading(config) -> InputSpec:
@@ -173,7 +148,8 @@ def build_objective(config, splits=None, backbone: Backbone | None = None
   frozen = config.finetune.mode == "linear_probe"
   segmentation = splits.kind == fewshot.SEGMENTATION
   if segmentation:
-    check_spatial(backbone.module, spec.image_size, config.backbone.path or config.backbone.name)
+    checks.check_spatial(backbone.module, spec.image_size,
+                         config.backbone.path or config.backbone.name)
     model = Segmenter(backbone.module, splits.num_classes, config.head.hidden, frozen)
   else:
     model = Classifier(backbone.module, splits.num_classes, config.head.feature, frozen)
