@@ -44,10 +44,11 @@ def _flat(tree):
 
 @pytest.fixture(scope="module")
 def tiny_resnet(tmp_path_factory):
-  """A kt_jax model directory of a width-8 ResNet-18 with non-trivial BatchNorm statistics."""
+  """A kt_jax model directory of a two-block, width-4 ResNet with non-trivial BatchNorm
+  statistics (small, so the train step compiles fast)."""
   out = str(tmp_path_factory.mktemp("resnet") / "model")
-  module = models.create("resnet18", width=8)
-  variables = module.init(jax.random.key(3), jnp.zeros((1, 32, 32, 3)))
+  module = models.create("resnet18", width=4, stage_sizes=(1, 1))
+  variables = jax.jit(module.init)(jax.random.key(3), jnp.zeros((1, 32, 32, 3)))
   rng = np.random.RandomState(0)
   variables = jax.tree.map(lambda x: np.asarray(x) + 0.1 * rng.rand(*x.shape).astype(x.dtype),
                            variables)
@@ -56,6 +57,7 @@ def tiny_resnet(tmp_path_factory):
   return out, variables
 
 
+@pytest.mark.slow  # ~60 s of CPU (compiles the train step, eval, FLOP count; orbax, plots)
 def test_linear_probe_leaves_the_backbone_bit_identical(tiny_resnet, tmp_path):
   path, before = tiny_resnet
   config = tiny_config(**{"finetune.mode": "linear_probe", "optimizer.lr": 0.1,
@@ -178,13 +180,14 @@ def test_lp_ft_phase_two_starts_from_the_probe(tmp_path):
   assert finetune._with_freeze(probe).optimizer.freeze == finetune.BACKBONE_FREEZE
   splits = fewshot.build_splits(config.data, 0)
   objective = finetune.build_objective(config, splits)
-  params, state = objective.init(jax.random.key(7), {"image": jnp.zeros((1, 32, 32, 3))})
+  init = jax.jit(objective.init)
+  params, state = init(jax.random.key(7), {"image": jnp.zeros((1, 32, 32, 3))})
   module, variables = objective.feature_model(params, state)
   kt_format.save(str(tmp_path / "probe_model"), module, jax.tree.map(np.asarray, variables))
   config.backbone.name, config.backbone.path = "", str(tmp_path / "probe_model")
   backbone = finetune.load_backbone(config, jnp.float32)
   objective = finetune.build_objective(config, splits, backbone)
-  fresh, _ = objective.init(jax.random.key(0), {"image": jnp.zeros((1, 32, 32, 3))})
+  fresh, _ = init(jax.random.key(0), {"image": jnp.zeros((1, 32, 32, 3))})  # same architecture
   params_hook, _ = finetune.init_hooks(backbone, objective, keep_head=True)
   started = params_hook(fresh)
   for key, value in _flat(params["model"]).items():
