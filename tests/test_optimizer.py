@@ -1,6 +1,7 @@
 """Optimizer pieces against their formulas: warmup+cosine, decay masks, layer ids, AdamW."""
 import math
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -61,3 +62,34 @@ def test_adamw_step_matches_torch_formula():
 def test_linear_lr_scaling_rule():
   cfg = ml_collections.ConfigDict(dict(lr=5e-4, lr_base_batch=512))
   assert optimizer.peak_learning_rate(cfg, 1024) == 1e-3
+
+
+def test_frozen_leaves_get_zero_updates_and_the_rest_train_as_alone():
+  """`freeze`: the matching leaves stay bit-identical over steps and hold no Adam moments; the
+  others get exactly the updates the same optimizer gives them without the frozen leaves
+  (clipping and layer decay included)."""
+  cfg = ml_collections.ConfigDict(dict(lr=0.1, lr_base_batch=0, warmup_init=0.1, min_lr=0.1,
+                                       weight_decay=0.05, grad_clip_norm=0.5, layer_decay=0.7,
+                                       freeze=("^model/backbone/",)))
+  rng = np.random.RandomState(0)
+  backbone = {"blocks_0": {"kernel": jnp.asarray(rng.randn(3, 3), jnp.float32)},
+              "blocks_1": {"kernel": jnp.asarray(rng.randn(3, 3), jnp.float32)}}
+  head = {"kernel": jnp.asarray(rng.randn(3, 2), jnp.float32), "bias": jnp.zeros(2)}
+  params = {"model": {"backbone": backbone, "head": head}}
+  tx, _ = optimizer.make_optimizer(cfg, params, 10, 0, 8)
+  alone_cfg = ml_collections.ConfigDict(dict(cfg.to_dict(), freeze=()))
+  alone_tx, _ = optimizer.make_optimizer(alone_cfg, {"model": {"head": head}}, 10, 0, 8)
+  state, alone_state = tx.init(params), alone_tx.init({"model": {"head": head}})
+  assert not [x for x in jax.tree.leaves(state) if x.shape == (3, 3)]  # no backbone moments
+  alone = {"model": {"head": head}}
+  for step in range(3):
+    grads = jax.tree.map(lambda x: jnp.asarray(rng.randn(*x.shape), x.dtype), params)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    alone_updates, alone_state = alone_tx.update({"model": {"head": grads["model"]["head"]}},
+                                                 alone_state, alone)
+    alone = optax.apply_updates(alone, alone_updates)
+  for name, leaf in backbone.items():
+    np.testing.assert_array_equal(params["model"]["backbone"][name]["kernel"], leaf["kernel"])
+  for k in head:
+    np.testing.assert_array_equal(params["model"]["head"][k], alone["model"]["head"][k])

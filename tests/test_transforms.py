@@ -266,3 +266,21 @@ def test_posterize_to_zero_bits_is_black_as_old_pil():
   out = np.asarray(randaugment.apply_op(img, "PosterizeIncreasing", 0, (0, 0, 0),
                                         Image.BICUBIC))
   assert out.shape == (4, 4, 3) and not out.any()
+
+
+def test_segmentation_transforms_keep_image_and_mask_aligned():
+  """An image whose red channel is 40 x its mask label: after the joint crop, flip and resize
+  (nearest for both here) every pixel still carries its own label."""
+  from kt_jax.data import seg_transforms
+  rng = np.random.default_rng(0)
+  mask = rng.integers(0, 5, (8, 8)).repeat(6, 0).repeat(6, 1).astype(np.uint8)
+  image = np.stack([mask * 40, mask, mask], -1).astype(np.uint8)
+  record = {"image": image, "mask": mask, "id": 0}
+  for seed in range(5):
+    r = np.random.default_rng(seed)
+    out = seg_transforms.JointRandomResizedCrop(24, interpolation="nearest").random_map(record, r)
+    out = seg_transforms.JointHorizontalFlip(0.5).random_map(out, r)
+    assert out["image"].shape == (24, 24, 3) and out["mask"].shape == (24, 24)
+    np.testing.assert_array_equal(out["image"][..., 0], out["mask"].astype(np.uint8) * 40)
+  out = seg_transforms.JointResize(16, interpolation="nearest").map(record)
+  np.testing.assert_array_equal(out["image"][..., 0], out["mask"] * 40)

@@ -22,6 +22,7 @@ _STAGES = {
     "frozen_eval": "kt_jax.stages.frozen_eval:run",
     "proteus": "kt_jax.stages.proteus:run",
     "convert": "kt_jax.stages.convert:run",
+    "finetune": "kt_jax.stages.finetune:run",
     "pipeline": "kt_jax.stages:run_pipeline",
     "vqgan": "kt_jax.stages.vqgan:run",
     "latent_transformer": "kt_jax.stages.latent_transformer:run",

@@ -135,6 +135,40 @@ def check_model(name: str, overrides, key: str) -> None:
                     f"its arguments: {', '.join(model_arguments(name))}")
 
 
+def check_model_source(section, key: str) -> None:
+  """A model section {"path", "name", "overrides"}: exactly one of a loadable `path` (a
+  checkpoint, model directory, shipped model, random:<name>) and a registered `name`."""
+  if bool(section.path) == bool(section.name):
+    raise UserError(f"Set exactly one of --config.{key}.path (a checkpoint, model directory, "
+                    f"shipped model or random:<name>) and --config.{key}.name (a registered "
+                    "model, initialised from the seed).")
+  if section.path:
+    check_teacher_path(section.path, f"{key}.path")
+  else:
+    check_model(section.name, section.overrides, key)
+  if "dtype" in section.overrides:
+    raise UserError(f"Set the dtype with --config.compute_dtype, not {key}.overrides.dtype.")
+
+
+def check_spatial(backbone, size: int, what: str) -> None:
+  """UserError unless `backbone` (a flax module) has a spatial output a segmentation head can
+  read (a feature map, or patch tokens); traced for shapes only, no weights or FLOPs."""
+  import jax
+  import jax.numpy as jnp
+  from kt_jax.models.classifier import spatial_features
+  found = {}
+
+  def outputs():
+    out = backbone.init_with_output(jax.random.key(0), jnp.zeros((1, size, size, 3)))[0]
+    found["keys"] = sorted(out)
+    found["spatial"] = spatial_features(out, (size, size)) is not None
+    return 0
+  jax.eval_shape(outputs)
+  if not found["spatial"]:
+    raise UserError(f"A segmentation head needs a backbone with a spatial output (feature_map "
+                    f"or patch tokens); {what} returns only {', '.join(found['keys'])}.")
+
+
 def _get(config, dotted: str):
   for part in dotted.split("."):
     config = config[part]
