@@ -133,6 +133,7 @@ def proteus_config() -> ml_collections.ConfigDict:
 
 
 
+<<<<<<< HEAD
 def distill_task_config() -> ml_collections.ConfigDict:
   """The `distill_task` stage: a finetuned VFM's predictions on an unlabelled transfer set."""
   c = training_config()
@@ -168,4 +169,56 @@ def distill_feature_config() -> ml_collections.ConfigDict:
       # on the random student's features (see objectives/feature_regression.ridge_heads)
       "head_init": "ridge", "head_init_alpha": 0.01, "fit_images": 256})
   del c.init_from, c.eval
+=======
+def finetune_config() -> ml_collections.ConfigDict:
+  """The `finetune` stage: backbone + task head trained on a few-shot labelled split."""
+  c = training_config()
+  c.stage = "finetune"
+  del c["init_from"]               # the backbone is `backbone.path`
+  c.batch_size = 32
+  c.image_size = 0                 # 0: the backbone's native input size
+  c.checkpoint_every_steps = 500
+  c.eval_every_steps = 0           # val and test are scored at the end (and every N steps)
+  c.optimizer.lr = 1e-3
+  c.optimizer.lr_base_batch = 0
+  c.optimizer.warmup_init = 0.0
+  c.optimizer.min_lr = 0.0
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.freeze = ()          # regexes on parameter paths given zero updates
+                                   # (linear_probe adds "^model/backbone/")
+  # Exactly one: `path` (checkpoint, model directory, "{stage:NAME}/model", shipped model,
+  # random:<name>) or `name` (a registered model initialised from the seed). `overrides`:
+  # constructor arguments of the backbone (e.g. drop_path_rate). A task model as `path` gives
+  # its backbone, and its head when the class count matches and keep_head is True.
+  c.backbone = ml_collections.ConfigDict({"path": "", "name": "", "keep_head": True,
+                                          "overrides": ml_collections.ConfigDict()})
+  # feature: x_norm_clstoken (the pooled feature for CNNs) or cls+mean_patch; hidden: a 3x3
+  # conv of this width before a segmentation head's linear layer (0: linear only).
+  c.head = ml_collections.ConfigDict({"feature": "x_norm_clstoken", "hidden": 0})
+  c.finetune = ml_collections.ConfigDict({
+      "mode": "full",              # full | linear_probe | lp_ft
+      "label_smoothing": 0.0,
+      "probe_steps": 0,            # lp_ft: steps of the linear-probe phase (in <workdir>/probe)
+      "probe_lr": 1e-2})           # lp_ft: its learning rate
+  c.data = ml_collections.ConfigDict()
+  c.data.task = "mnist"            # mnist | photos | folder:PATH | NAME=folder:PATH | a
+                                   # registered (e.g. segmentation) task: kt_jax/data/fewshot.py
+  c.data.task_options = ml_collections.ConfigDict({
+      "mnist": {"test_per_class": 50}, "photos": {"crops_per_photo": 24, "crop_size": 96}})
+  c.data.labels_per_class = 10     # labelled images per class drawn from the train split
+                                   # (0: all of them)
+  c.data.val_per_class = 2         # of those, per class, kept for validation
+  c.data.split_seed = 0            # which images are drawn
+  c.data.workers = 0
+  c.data.mean = ()                 # () : the backbone's own input normalisation
+  c.data.std = ()
+  c.data.crop_pct = 0.875          # classification eval: resize to size / crop_pct, centre crop
+  c.data.augment = ml_collections.ConfigDict({
+      "scale": (0.5, 1.0), "hflip": 0.5, "randaugment": "", "random_erasing": 0.0})
+  c.eval = ml_collections.ConfigDict({"batch_size": 64})
+  # Report row (kt_jax/eval/report.py): dir relative to the workdir ("." itself, ".." a
+  # pipeline's root; "" writes none); method/teacher/student/transfer_set label the row.
+  c.report = ml_collections.ConfigDict({"dir": ".", "method": "", "teacher": "", "student": "",
+                                        "transfer_set": ""})
+>>>>>>> helper_taskft
   return c

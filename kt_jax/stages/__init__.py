@@ -24,6 +24,7 @@ _STAGES = {
     "convert": "kt_jax.stages.convert:run",
     "distill_task": "kt_jax.stages.distill_task:run",
     "distill_feature": "kt_jax.stages.distill_feature:run",
+    "finetune": "kt_jax.stages.finetune:run",
     "pipeline": "kt_jax.stages:run_pipeline",
 }
 

@@ -1,4 +1,5 @@
-"""AdamW with warmup + cosine, decay masks, optional clipping and layer-wise lr decay.
+"""AdamW with warmup + cosine, decay masks, optional clipping, layer-wise lr decay and frozen
+parameters.
 
 Built from `config.optimizer`; the schedule is per step (the official DeiT/Proteus code steps
 timm's scheduler once per epoch; per-step is the smooth version of the same curve).
@@ -64,8 +65,33 @@ def peak_learning_rate(opt_cfg, global_batch_size: int) -> float:
   return opt_cfg.lr * global_batch_size / base if base else opt_cfg.lr
 
 
+def frozen_mask(params, patterns) -> Any:
+  """True for every leaf whose 'a/b/c' path matches one of the regexes `patterns`."""
+  compiled = [re.compile(p) for p in patterns]
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: any(c.search(_path_str(p)) for c in compiled), params)
+
+
 def make_optimizer(opt_cfg, params, total_steps: int, warmup_steps: int,
                    global_batch_size: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """`opt_cfg.freeze` (regexes on parameter paths such as 'model/backbone/'): those leaves get
+  exactly zero updates and no optimizer state (linear probing); the others train as usual,
+  their gradient clipping and weight decay blind to the frozen ones."""
+  patterns = tuple(opt_cfg.get("freeze", ()) or ())
+  if not patterns:
+    return _make_trainable(opt_cfg, params, total_steps, warmup_steps, global_batch_size)
+  frozen = frozen_mask(params, patterns)
+  labels = jax.tree.map(lambda f: "frozen" if f else "trained", frozen)
+  # The trained transform sees (and builds its decay mask and lr factors on) the trained
+  # leaves only, exactly the tree multi_transform hands it.
+  trained = jax.tree.map(lambda p, f: optax.MaskedNode() if f else p, params, frozen)
+  tx, schedule = _make_trainable(opt_cfg, trained, total_steps, warmup_steps,
+                                 global_batch_size)
+  return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels), schedule
+
+
+def _make_trainable(opt_cfg, params, total_steps: int, warmup_steps: int,
+                    global_batch_size: int):
   peak = peak_learning_rate(opt_cfg, global_batch_size)
   schedule = learning_rate_schedule(peak, total_steps, warmup_steps,
                                     opt_cfg.get("warmup_init", 0.0), opt_cfg.get("min_lr", 0.0))

@@ -3,6 +3,7 @@ supplies the mesh, the compiled and donated train step, the optimizer, checkpoin
 metrics and evaluation, and knows nothing method-specific.
 """
 import dataclasses
+import json
 import signal
 import threading
 from typing import Any, Callable, Iterator
@@ -134,14 +135,30 @@ def build(config, objective: Objective, sample: dict, sched: Schedule) -> Setup:
                abstract_state, state_shardings, batch_sharding, frozen, ema_decay)
 
 
+COST_FILE = "train_cost.json"
+
+
+def step_cost(compiled, global_batch_size: int) -> dict:
+  """FLOPs of one compiled train step from XLA's cost analysis (forward, backward, optimizer
+  and any frozen teacher), per step and per image: what a stage's compute is counted in."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  return {"flops_per_step": flops, "batch_size": int(global_batch_size),
+          "flops_per_image": flops / global_batch_size}
+
+
 def train(config, workdir: str, objective: Objective, loader, steps_per_epoch: int,
           evaluate: Callable[[int, TrainState], dict] | None = None,
-          init_params_hook: Callable[[Any], Any] | None = None) -> dict:
+          init_params_hook: Callable[[Any], Any] | None = None,
+          init_model_state_hook: Callable[[Any], Any] | None = None) -> dict:
   """Runs (or resumes) training to the end; returns the last logged metrics.
 
   `loader` yields this process's share of each global batch (dicts of NumPy arrays) and has
   `get_state()`/`set_state()`; `evaluate(step, state)` returns a dict of numbers;
-  `init_params_hook(params)` may replace freshly initialised params (weight inheritance).
+  `init_params_hook(params)` may replace freshly initialised params (weight inheritance),
+  `init_model_state_hook(model_state)` the fresh model state (pretrained BatchNorm
+  statistics). The step's FLOPs (XLA's cost analysis) go to `<workdir>/train_cost.json`.
   """
   sched = resolve_schedule(config, steps_per_epoch)
   iterator: Iterator = iter(loader)
@@ -171,7 +188,15 @@ def train(config, workdir: str, objective: Objective, loader, steps_per_epoch: i
     if init_params_hook is not None:
       params = jax.device_put(init_params_hook(state.params), state_shardings.params)
       state = state.replace(params=params, ema_params=params if ema_decay else None)
+    if init_model_state_hook is not None:
+      state = state.replace(model_state=jax.device_put(
+          init_model_state_hook(state.model_state), state_shardings.model_state))
     iterator = _prepend(first_batch, iterator)
+  # Compiled once here (not on the first call) so its cost analysis is at hand.
+  step_fn = step_fn.lower(state, sharding.global_batch(first_batch, mesh), frozen).compile()
+  if is_main:
+    paths.write_text(paths.join(workdir, COST_FILE),
+                     json.dumps(step_cost(step_fn, config.batch_size), indent=2))
   writer = metrics_lib.MetricWriter(workdir, sched.total_steps, start_step, config.batch_size,
                                     enabled=is_main)
   writer.truncate_after(start_step)
