@@ -133,7 +133,6 @@ def proteus_config() -> ml_collections.ConfigDict:
 
 
 
-<<<<<<< HEAD
 def distill_task_config() -> ml_collections.ConfigDict:
   """The `distill_task` stage: a finetuned VFM's predictions on an unlabelled transfer set."""
   c = training_config()
@@ -169,7 +168,9 @@ def distill_feature_config() -> ml_collections.ConfigDict:
       # on the random student's features (see objectives/feature_regression.ridge_heads)
       "head_init": "ridge", "head_init_alpha": 0.01, "fit_images": 256})
   del c.init_from, c.eval
-=======
+  return c
+
+
 def finetune_config() -> ml_collections.ConfigDict:
   """The `finetune` stage: backbone + task head trained on a few-shot labelled split."""
   c = training_config()
@@ -220,5 +221,4 @@ def finetune_config() -> ml_collections.ConfigDict:
   # pipeline's root; "" writes none); method/teacher/student/transfer_set label the row.
   c.report = ml_collections.ConfigDict({"dir": ".", "method": "", "teacher": "", "student": "",
                                         "transfer_set": ""})
->>>>>>> helper_taskft
   return c

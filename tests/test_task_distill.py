@@ -15,6 +15,7 @@ from kt_jax import config_defaults, models, stages
 from kt_jax.convert import kt_format
 from kt_jax.data import mixing
 from kt_jax.errors import UserError
+from kt_jax.eval import report
 from kt_jax.models.classifier import Classifier
 from kt_jax.models.registry import InputSpec
 from kt_jax.objectives import losses, task_distill
@@ -176,8 +177,8 @@ def test_distill_task_stage_end_to_end(tmp_path):
   assert summary["completed"] and summary["transfer_images"] == 16
   rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   assert len(rows) == 4 and all(np.isfinite(r["kd_loss"]) for r in rows)
-  compute = json.loads((tmp_path / "run" / "compute.json").read_text())
-  assert compute["images_seen"] == 32 and compute["flops_per_step"] > 0
+  compute = report.pretraining_compute(str(tmp_path / "run" / "model"))
+  assert compute["images"] == 32 and compute["flops"] > 0
   # The student with its own head: the teacher's kind of head, its classes, the student's net.
   spec = kt_format.read_spec(str(tmp_path / "run" / "model"))
   assert spec["fields"]["num_classes"] == 3 and spec["class_names"] == ["a", "b", "c"]

@@ -16,7 +16,6 @@ from kt_jax.models.registry import InputSpec
 from kt_jax.objectives import feature_distill, losses
 from kt_jax.stages import checks
 from kt_jax.stages.teacher import load_teacher
-from kt_jax.train import compute
 
 HEAD_INITS = ("default", "ridge")
 
@@ -82,7 +81,4 @@ def run(config, workdir: str) -> dict:
   summary = {"final_metrics": last, "transfer_images": len(stream.source),
              "bad_records": stream.bad_records(),
              "completed": bool(last.get("completed", 1.0))}
-  if summary["completed"]:
-    summary["pretraining_compute"] = compute.record(workdir, config, objective,
-                                                    steps_per_epoch)
   return summary

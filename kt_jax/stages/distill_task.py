@@ -18,7 +18,6 @@ from kt_jax.models.classifier import Classifier
 from kt_jax.models.registry import InputSpec
 from kt_jax.objectives import task_distill
 from kt_jax.stages import checks
-from kt_jax.train import compute
 from kt_jax.stages.teacher import cast, load_teacher
 
 
@@ -94,9 +93,6 @@ def run(config, workdir: str) -> dict:
   summary = {"final_metrics": last, "transfer_images": len(stream.source),
              "bad_records": stream.bad_records(),
              "completed": bool(last.get("completed", 1.0))}
-  if summary["completed"]:
-    summary["pretraining_compute"] = compute.record(workdir, config, objective,
-                                                    steps_per_epoch)
   return summary
 
 
