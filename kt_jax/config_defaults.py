@@ -96,6 +96,7 @@ def training_config() -> ml_collections.ConfigDict:
   c.data.pool_crop_size = 160
   c.data.pool_mnist = 0  # shipped_pool: + this many unlabelled MNIST digits (none from the
                          # eval `mnist` task's test split)
+  c.data.pool_digit_seg = 0  # shipped_pool: + this many unlabelled digit-segmentation images
   c.data.holdout = 0     # proxy images kept out of training, to measure generalisation on
   c.data.workers = 0
   c.data.repeated_augmentation = 1
@@ -132,6 +133,17 @@ def proteus_config() -> ml_collections.ConfigDict:
   return c
 
 
+def _transfer_set(c) -> None:
+  """A distillation's transfer set: the shipped pool by default (natural crops; `pool_mnist`
+  digits or `pool_digit_seg` images for an in-domain set), or `data.path`. No labels."""
+  del c.init_from, c.eval
+  c.data.source = "shipped_pool"
+  # The labelled task whose test images the shipped in-domain pools leave out (mnist:
+  # labels_per_class, test_per_class and seed of the finetune's split; digit_seg:
+  # test_per_class, max_digits and seed).
+  c.data.exclude_test_of = ml_collections.ConfigDict({
+      "labels_per_class": 10, "test_per_class": 50, "max_digits": 2, "seed": 0})
+
 
 def distill_task_config() -> ml_collections.ConfigDict:
   """The `distill_task` stage: a finetuned VFM's predictions on an unlabelled transfer set."""
@@ -148,7 +160,7 @@ def distill_task_config() -> ml_collections.ConfigDict:
       # mixup / CutMix between transfer images (timm's batch mode; 0 disables each); the
       # teacher labels the mixed image, so no label is mixed
       "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "mix_switch_prob": 0.5})
-  del c.init_from, c.eval
+  _transfer_set(c)
   return c
 
 
@@ -167,7 +179,7 @@ def distill_feature_config() -> ml_collections.ConfigDict:
       # default (PyTorch's init) | ridge: heads start at the ridge regression of the teacher
       # on the random student's features (see objectives/feature_regression.ridge_heads)
       "head_init": "ridge", "head_init_alpha": 0.01, "fit_images": 256})
-  del c.init_from, c.eval
+  _transfer_set(c)
   return c
 
 

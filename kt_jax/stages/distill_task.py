@@ -69,7 +69,11 @@ def build_objective(config) -> task_distill.TaskDistill:
   if not hasattr(teacher, "backbone") or not hasattr(teacher, "num_classes"):
     raise UserError(f"teacher.path={config.teacher.path} has no task head: distil from a "
                     "`finetune` stage's model/ (e.g. \"{stage:finetune_vfm}/model\").")
-  student = teacher.clone(backbone=_backbone(config, dtype))  # the teacher's kind of head
+  # The teacher's kind of head (and its options) on the student's backbone, trainable.
+  changes = {"backbone": _backbone(config, dtype)}
+  if getattr(teacher, "frozen_backbone", False):
+    changes["frozen_backbone"] = False
+  student = teacher.clone(**changes)
   size = config.image_size
   return task_distill.TaskDistill(
       student=student, teacher=teacher, teacher_variables=teacher_vars,
