@@ -24,8 +24,10 @@ def test_mask_labels_the_pasted_ink_and_ignores_its_rim():
   window[ink >= 0.5] = classes[7] + 1
   window[(ink >= 0.1) & (ink < 0.5)] = ds.IGNORE
   np.testing.assert_array_equal(mask, want)
-  # Background pixels keep the photo; ink pixels contrast with it.
-  assert np.all(image[mask == 0] == 100)
+  # Outside the pasted box the photo is untouched; ink pixels contrast with it.
+  outside = np.ones((64, 64), bool)
+  outside[y:y + side, x:x + side] = False
+  assert np.all(image[outside] == 100)
   assert np.abs(image[mask == classes[7] + 1].astype(int) - 100).mean() > 60
 
 
@@ -39,8 +41,10 @@ def test_splits_are_deterministic_disjoint_and_labelled():
   images, masks, classes = a
   assert images.shape == (40, 48, 48, 3) and masks.shape == (40, 48, 48)
   assert set(np.unique(masks)) <= set(range(ds.NUM_CLASSES)) | {ds.IGNORE}
-  for mask, cls in zip(masks, classes):  # an image's class is one of its mask's classes
-    assert cls in set(np.unique(mask)) if cls else not (set(np.unique(mask)) - {0, ds.IGNORE})
+  shown = [set(np.unique(m)) - {0, ds.IGNORE} for m in masks]
+  assert all(not s for s, c in zip(shown, classes) if c == 0)  # no digit: all background
+  # an image's class is the first digit pasted (a later one may hide it, rarely)
+  assert np.mean([c in s for s, c in zip(shown, classes) if c]) > 0.9
   train, test = ds.digit_pools(50, seed=3)
   assert len(np.intersect1d(train, test)) == 0 and len(test) == 500
   assert len(train) + len(test) == len(shipped.mnist_digits()[0])
