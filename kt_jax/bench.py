@@ -14,7 +14,6 @@ What is timed comes from the config's stage module, found through the stage regi
 training stage exposes `build_objective(config)` (its train step is timed), an evaluation
 stage `load_model(config)` (its model's forward pass is timed).
 """
-import importlib
 import json
 import os
 import sys
@@ -96,26 +95,17 @@ def _memory(compiled) -> dict:
   return out
 
 
-# Objectives with a benchmark but no runnable stage yet: the teacher classifier task
-# distillation needs is not produced by any stage until `distill_task` exists.
-_BENCH_ONLY_STAGES = {"task_distill": "kt_jax.stages.task_distill"}
-
-
 def task_distill_bench_config() -> ml_collections.ConfigDict:
-  """A task-distillation step to time (bench-only; random teachers): not a runnable stage."""
-  c = config_defaults.training_config()
-  c.stage = "task_distill"
-  c.teacher = ml_collections.ConfigDict({"path": "", "num_classes": 10})
-  c.student = ml_collections.ConfigDict({"name": "resnet18",
-                                         "overrides": ml_collections.ConfigDict()})
-  c.task_distill = ml_collections.ConfigDict({"temperature": 1.0})
+  """A `distill_task` step to time, with a random teacher classifier (`random:<model>` and
+  `teacher.num_classes`) instead of a finetuned one."""
+  c = config_defaults.distill_task_config()
+  c.teacher.num_classes = 10
+  c.student.name = "resnet18"
   return c
 
 
 def stage_module(stage: str):
-  """The module behind a stage name in the stage registry (or a bench-only objective)."""
-  if stage in _BENCH_ONLY_STAGES:
-    return importlib.import_module(_BENCH_ONLY_STAGES[stage])
+  """The module behind a stage name in the stage registry."""
   from kt_jax import stages
   try:
     fn = stages.resolve(stage)

@@ -96,6 +96,7 @@ def training_config() -> ml_collections.ConfigDict:
   c.data.pool_crop_size = 160
   c.data.pool_mnist = 0  # shipped_pool: + this many unlabelled MNIST digits (none from the
                          # eval `mnist` task's test split)
+  c.data.pool_digit_seg = 0  # shipped_pool: + this many unlabelled digit-segmentation images
   c.data.holdout = 0     # proxy images kept out of training, to measure generalisation on
   c.data.workers = 0
   c.data.repeated_augmentation = 1
@@ -134,6 +135,55 @@ def proteus_config() -> ml_collections.ConfigDict:
   c.data.holdout = 64  # R^2 of the heads against the teacher on these, at every evaluation
   return c
 
+
+def _transfer_set(c) -> None:
+  """A distillation's transfer set: the shipped pool by default (natural crops; `pool_mnist`
+  digits or `pool_digit_seg` images for an in-domain set), or `data.path`. No labels."""
+  del c.init_from, c.eval
+  c.data.source = "shipped_pool"
+  # The labelled task whose test images the shipped in-domain pools leave out (mnist:
+  # labels_per_class, test_per_class and seed of the finetune's split; digit_seg:
+  # test_per_class, max_digits and seed).
+  c.data.exclude_test_of = ml_collections.ConfigDict({
+      "labels_per_class": 10, "test_per_class": 50, "max_digits": 2, "seed": 0})
+
+
+def distill_task_config() -> ml_collections.ConfigDict:
+  """The `distill_task` stage: a finetuned VFM's predictions on an unlabelled transfer set."""
+  c = training_config()
+  c.stage = "distill_task"
+  c.teacher = teacher_config()     # a finetune stage's model/ (backbone + head)
+  c.teacher.image_size = 0         # 0: the student's image_size; else the same view, resized
+  c.teacher.num_classes = 0        # for random:<model> teachers only (benchmarks)
+  c.student = ml_collections.ConfigDict({
+      "name": "mobilenet_v2", "overrides": ml_collections.ConfigDict(),
+      "num_classes": 0})           # 0: the teacher's; anything else must equal it
+  c.distill = ml_collections.ConfigDict({
+      "temperature": 1.0,          # Hinton's T (the loss is scaled by T^2)
+      # mixup / CutMix between transfer images (timm's batch mode; 0 disables each); the
+      # teacher labels the mixed image, so no label is mixed
+      "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "mix_switch_prob": 0.5})
+  _transfer_set(c)
+  return c
+
+
+def distill_feature_config() -> ml_collections.ConfigDict:
+  """The `distill_feature` stage: the student's features regress the VFM's (task-agnostic)."""
+  c = training_config()
+  c.stage = "distill_feature"
+  c.teacher = teacher_config()     # any backbone (a VFM checkpoint, a shipped model, model/)
+  c.teacher.image_size = 0         # 0: the student's image_size; else the same view, resized
+  c.student = ml_collections.ConfigDict({"name": "mobilenet_v2",
+                                         "overrides": ml_collections.ConfigDict()})
+  c.distill = ml_collections.ConfigDict({
+      "loss": "l2",                # l2 (MSE) | cosine (1 - cosine similarity per token)
+      "lambda_cls": 1.0,           # class token / pooled feature
+      "lambda_patch": 1.0,         # patch tokens; a CNN's map is resized to the teacher's grid
+      # default (PyTorch's init) | ridge: heads start at the ridge regression of the teacher
+      # on the random student's features (see objectives/feature_regression.ridge_heads)
+      "head_init": "ridge", "head_init_alpha": 0.01, "fit_images": 256})
+  _transfer_set(c)
+  return c
 
 
 def generative_training_config() -> ml_collections.ConfigDict:

@@ -2,6 +2,7 @@
 
   source: "shipped_pool"  natural-image crops that ship in packages (n, crop_size), plus
                           optionally unlabelled MNIST digits (never the eval test digits)
+                          and unlabelled digit-segmentation images (`pool_digit_seg`)
           "image_folder"  path/ with one subfolder per class, or a flat folder
           "arrayrecord"   a TFDS ArrayRecord dataset directory (path, split)
 """
@@ -19,7 +20,8 @@ from kt_jax.errors import UserError
 SOURCES = ("shipped_pool", "image_folder", "arrayrecord")
 # Options only one source reads; any other source wants them at their defaults.
 _SOURCE_ONLY = {"pool_size": "shipped_pool", "pool_crop_size": "shipped_pool",
-                "pool_mnist": "shipped_pool", "split": "arrayrecord"}
+                "pool_mnist": "shipped_pool", "pool_digit_seg": "shipped_pool",
+                "split": "arrayrecord"}
 
 
 def _looks_like_arrayrecord(path: str) -> bool:
@@ -49,14 +51,15 @@ def validate(config) -> None:
   if data.get("workers", 0) < 0 or data.get("repeated_augmentation", 1) < 1:
     raise UserError("config.data.workers must be >= 0 and data.repeated_augmentation >= 1.")
   if data.source == "shipped_pool":
-    pool = data.pool_size + data.get("pool_mnist", 0)
-    if data.pool_size < 0 or data.get("pool_mnist", 0) < 0 or not (
-        pool > 0 and data.pool_crop_size > 0):
-      raise UserError("config.data.pool_size and data.pool_mnist must be >= 0 with a positive "
-                      "sum (photo crops, digits or both), and data.pool_crop_size positive.")
+    counts = [data.pool_size, data.get("pool_mnist", 0), data.get("pool_digit_seg", 0)]
+    pool = sum(counts)
+    if min(counts) < 0 or not (pool > 0 and data.pool_crop_size > 0):
+      raise UserError("config.data.pool_size, pool_mnist and pool_digit_seg must be >= 0 with a "
+                      "positive sum (photo crops, digits or both), and data.pool_crop_size "
+                      "positive.")
     if data.get("holdout", 0) >= pool:
       raise UserError(f"config.data.holdout={data.holdout} leaves no training image of the "
-                      f"{pool} pool images (pool_size + pool_mnist).")
+                      f"{pool} pool images (pool_size + pool_mnist + pool_digit_seg).")
   if data.source != "shipped_pool":
     _check_path(data)
   defaults = config_defaults.training_config().data
@@ -111,13 +114,32 @@ class DataStream:
     return pipeline.bad_records(self._iterator)
 
 
+def _held_out(config, task: str) -> tuple[dict, int]:
+  """(options, seed) of the labelled task whose test images a transfer set leaves out:
+  `data.exclude_test_of` (distillation stages) or the `eval` section (Proteus)."""
+  if "exclude_test_of" in config.data:
+    opts = config.data.exclude_test_of.to_dict()
+    return opts, opts.get("seed", 0)
+  return dict(config.eval.task_options.get(task, {})), config.eval.seed
+
+
 def _unlabelled_digits(config) -> np.ndarray:
-  """MNIST digits without labels, never any of the `mnist` eval task's test digits."""
-  opts = config.eval.task_options.get("mnist", {})
+  """MNIST digits without labels, never any of the `mnist` task's test digits."""
+  opts, seed = _held_out(config, "mnist")
   _, test = shipped.mnist_fewshot_indices(opts.get("labels_per_class", 10),
-                                          opts.get("test_per_class", 100), config.eval.seed)
+                                          opts.get("test_per_class", 100), seed)
   digits = shipped.mnist_unlabelled(config.data.pool_mnist, exclude=test, seed=1)
   return shipped.resize_images(digits, config.data.pool_crop_size)
+
+
+def _unlabelled_digit_seg(config) -> np.ndarray:
+  """Digit-segmentation images without masks, none of the `digit_seg` task's test digits."""
+  from kt_jax.data import digit_segmentation
+  opts, seed = _held_out(config, digit_segmentation.NAME)
+  return digit_segmentation.unlabelled(
+      config.data.pool_digit_seg, config.data.pool_crop_size, seed,
+      opts.get("max_digits", digit_segmentation.DEFAULTS["max_digits"]),
+      opts.get("test_per_class", digit_segmentation.DEFAULTS["test_per_class"]))
 
 
 def build_source(config):
@@ -129,6 +151,8 @@ def build_source(config):
       parts.append(shipped.unlabelled_pool(data_cfg.pool_size, data_cfg.pool_crop_size, seed=0))
     if data_cfg.get("pool_mnist", 0):
       parts.append(_unlabelled_digits(config))
+    if data_cfg.get("pool_digit_seg", 0):
+      parts.append(_unlabelled_digit_seg(config))
     return sources.InMemorySource(np.concatenate(parts))
   if not data_cfg.get("path"):
     raise UserError(f"config.data.path is required for data.source={kind!r}.")

@@ -252,3 +252,7 @@ def write_record(workdir: str, splits: Splits, extra: dict | None = None) -> str
   path = paths.join(workdir, SPLITS_FILE)
   paths.write_text(path, json.dumps({**splits.record(), **(extra or {})}, indent=1))
   return path
+
+
+from kt_jax.data import digit_segmentation  # noqa: E402  (registers the digit_seg task)
+digit_segmentation.register()

@@ -40,8 +40,11 @@ def proteus_losses(student_cls, student_patch, student_masked_patch, teacher_cls
 def distillation_kl(student_logits, teacher_logits, temperature: float = 1.0):
   """Hinton's distillation loss: KL(softmax(t/T) || softmax(s/T)) * T^2, mean over samples.
 
-  Equals PyTorch's `F.kl_div(log_softmax(s/T), softmax(t/T), reduction="batchmean") * T**2`
-  (the form task-distillation code is usually written in); computed in float32.
+  Logits (..., C): every leading position is a sample, so segmentation logits (B, H, W, C)
+  give the mean per-pixel KL. Equals PyTorch's `F.kl_div(log_softmax(s/T), softmax(t/T),
+  reduction="batchmean") * T**2` on the logits flattened to (samples, C) (the form
+  task-distillation code is usually written in); computed in float32. The T^2 keeps the
+  gradients' scale independent of T (Hinton et al., 2015).
   """
   s = jnp.asarray(student_logits, jnp.float32) / temperature
   t = jnp.asarray(teacher_logits, jnp.float32) / temperature
@@ -49,3 +52,16 @@ def distillation_kl(student_logits, teacher_logits, temperature: float = 1.0):
   log_p_s = jax.nn.log_softmax(s, axis=-1)
   kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
   return jnp.mean(kl) * temperature ** 2
+
+
+def cosine_distance(prediction, target, eps: float = 1e-8):
+  """1 - cosine similarity of each (..., D) vector pair, mean over every leading position;
+  computed in float32 (the norms are clamped at `eps`, as torch's F.cosine_similarity)."""
+  p = prediction.astype(jnp.float32)
+  t = target.astype(jnp.float32)
+  norms = (jnp.maximum(jnp.linalg.norm(p, axis=-1), eps)
+           * jnp.maximum(jnp.linalg.norm(t, axis=-1), eps))
+  return jnp.mean(1.0 - jnp.sum(p * t, axis=-1) / norms)
+
+
+FEATURE_LOSSES = {"l2": mse, "cosine": cosine_distance}

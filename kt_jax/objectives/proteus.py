@@ -15,29 +15,11 @@ import jax
 import jax.numpy as jnp
 
 from kt_jax.eval import regression
-from kt_jax.models.layers import (tokens_2d, torch_default_bias_init,
-                                  torch_default_kernel_init)
 from kt_jax.models.registry import InputSpec
-from kt_jax.objectives import losses, masking, target_norm
-
-
-HEAD_NORM_EPS = 1e-5  # torch's nn.LayerNorm default
-
-
-class ProjectionHead(nn.Module):
-  """nn.Sequential(nn.LayerNorm(d), nn.Linear(d, teacher_d)) of the official code."""
-  out_dim: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  @tokens_2d
-  def __call__(self, x):
-    fan_in = x.shape[-1]
-    x = nn.LayerNorm(epsilon=HEAD_NORM_EPS, dtype=self.dtype, name="norm")(x)
-    # The official heads are nn.Linear at PyTorch's default init (nothing re-initialises them):
-    # a third of the weight variance of flax's default, and a uniform bias.
-    return nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=torch_default_kernel_init,
-                    bias_init=torch_default_bias_init(fan_in), name="linear")(x)
+from kt_jax.objectives import feature_regression, losses, masking
+# Shared with every feature-regression objective; importable from here as before.
+from kt_jax.objectives.feature_regression import (HEAD_NORM_EPS, ProjectionHead,  # noqa: F401
+                                                  renormalise, token_grid)
 
 
 class ProteusHeads(nn.Module):
@@ -51,24 +33,8 @@ class ProteusHeads(nn.Module):
         patches_masked)
 
 
-def renormalise(x, source: InputSpec, target: InputSpec):
-  """Images normalised for the student -> normalised as the teacher expects (on device)."""
-  if source.mean == target.mean and source.std == target.std:
-    return x
-  mean_s, std_s = jnp.asarray(source.mean), jnp.asarray(source.std)
-  mean_t, std_t = jnp.asarray(target.mean), jnp.asarray(target.std)
-  return ((x * std_s + mean_s) - mean_t) / std_t
-
-
-def token_grid(module: nn.Module, variables, image_size: int) -> tuple[int, int]:
-  """(tokens, width) of a model's patch-token output, from shapes alone (no FLOPs)."""
-  out = jax.eval_shape(lambda v: module.apply(v, jnp.zeros((1, image_size, image_size, 3))),
-                       variables)
-  return out["x_norm_patchtokens"].shape[1], out["x_norm_patchtokens"].shape[2]
-
-
 @dataclasses.dataclass
-class Proteus:
+class Proteus(feature_regression.TeacherTargets):
   student: nn.Module
   teacher: nn.Module
   teacher_variables: Any
@@ -143,25 +109,6 @@ class Proteus:
                                                       axis=0)))
     return total, (metrics, model_state)
 
-  def teacher_outputs(self, frozen, images) -> dict:
-    """The teacher's output dict for images normalised as the student's pipeline does."""
-    return self.teacher.apply(frozen, renormalise(images, self.data_spec, self.teacher_spec))
-
-  def targets(self, teacher_out) -> tuple[jax.Array, jax.Array]:
-    """The teacher's (class token, patch tokens), normalised if the config asks for it."""
-    cls, patches = teacher_out["x_norm_clstoken"], teacher_out["x_norm_patchtokens"]
-    if self.target_stats is None:
-      return cls, patches
-    return (target_norm.normalise(self.target_stats["cls"], cls),
-            target_norm.normalise(self.target_stats["patch"], patches))
-
-  def in_teacher_space(self, cls_prediction, patch_prediction):
-    """Head outputs mapped back to the teacher's own feature space (undoes `targets`)."""
-    if self.target_stats is None:
-      return cls_prediction, patch_prediction
-    return (target_norm.denormalise(self.target_stats["cls"], cls_prediction),
-            target_norm.denormalise(self.target_stats["patch"], patch_prediction))
-
   def held_out_r2(self, params, frozen, images) -> dict:
     """R^2 of the student's head outputs against the teacher on plain (unmasked) views.
 
@@ -190,26 +137,15 @@ class Proteus:
     linear read-out of the random features leave only the residual to learn. An option of
     ours (`proteus.head_init="ridge"`), not in the official code.
     """
-    apply = jax.jit(lambda p, v, x: (
-        self.student.apply({"params": p}, x),
-        self.targets(self.teacher_outputs(v, x))))
-    cls, patches, t_cls, t_patches = [], [], [], []
-    for start in range(0, len(images), batch_size):
-      student, (tc, tp) = apply(params["student"], frozen, images[start:start + batch_size])
-      cls.append(student["x_norm_clstoken"])
-      patches.append(student["x_norm_patchtokens"])
-      t_cls.append(tc)
-      t_patches.append(tp)
-    inputs = {"token_head": (jnp.concatenate(cls), jnp.concatenate(t_cls))}
-    flat = lambda xs: jnp.concatenate(xs).reshape(-1, xs[0].shape[-1])
-    inputs["fea_head"] = inputs["patch_head"] = (flat(patches), flat(t_patches))
-    heads = dict(params["heads"])
-    for name, (tokens, targets) in inputs.items():
-      norm = nn.LayerNorm(epsilon=HEAD_NORM_EPS).apply(
-          {"params": params["heads"][name]["norm"]}, tokens.astype(jnp.float32))
-      kernel, bias = regression.ridge_fit(norm, targets, alpha)
-      heads[name] = {**params["heads"][name], "linear": {"kernel": jnp.asarray(kernel),
-                                                          "bias": jnp.asarray(bias)}}
+    student = jax.jit(lambda x: _cls_and_patches(
+        self.student.apply({"params": params["student"]}, x)))
+    teacher = jax.jit(lambda x: self.targets(self.teacher_outputs(frozen, x)))
+    cls, patches, t_cls, t_patches = feature_regression.token_pairs(student, teacher, images,
+                                                                    batch_size)
+    flat = lambda x: x.reshape(-1, x.shape[-1])
+    inputs = {"token_head": (cls, t_cls), "fea_head": (flat(patches), flat(t_patches)),
+              "patch_head": (flat(patches), flat(t_patches))}
+    heads = feature_regression.ridge_heads(params["heads"], inputs, alpha)
     return {**params, "heads": heads}
 
   def feature_model(self, params, model_state):
@@ -217,3 +153,7 @@ class Proteus:
 
   def teacher_model(self):
     return self.teacher, self.teacher_variables
+
+
+def _cls_and_patches(out: dict):
+  return out["x_norm_clstoken"], out["x_norm_patchtokens"]

@@ -22,6 +22,8 @@ _STAGES = {
     "frozen_eval": "kt_jax.stages.frozen_eval:run",
     "proteus": "kt_jax.stages.proteus:run",
     "convert": "kt_jax.stages.convert:run",
+    "distill_task": "kt_jax.stages.distill_task:run",
+    "distill_feature": "kt_jax.stages.distill_feature:run",
     "finetune": "kt_jax.stages.finetune:run",
     "pipeline": "kt_jax.stages:run_pipeline",
     "vqgan": "kt_jax.stages.vqgan:run",

@@ -173,3 +173,59 @@ def _get(config, dotted: str):
   for part in dotted.split("."):
     config = config[part]
   return config
+
+
+def task_head_classes(path: str) -> int | None:
+  """The class count of a task model's head (a kt_jax model directory whose module wraps a
+  backbone with a head, as `finetune` writes), read from its model.json; None for anything
+  else (a plain backbone, a checkpoint file, a shipped or random model)."""
+  from kt_jax import convert
+  from kt_jax.convert import kt_format
+  if not convert._is_model_path(path) or is_deferred(path) or "://" in path:
+    return None
+  if not kt_format.is_kt_dir(path):
+    return None
+  fields = kt_format.read_spec(path).get("fields", {})
+  if isinstance(fields.get("backbone"), dict) and "num_classes" in fields:
+    return int(fields["num_classes"])
+  return None
+
+
+def check_head_classes(config) -> None:
+  """distill_task: the teacher is a task model, and the student's head (`student.num_classes`,
+  0: the teacher's) has the teacher's class count."""
+  path = config.teacher.path
+  if path.startswith("random:"):
+    teacher = config.teacher.num_classes
+  elif is_deferred(path) or "://" in path:
+    return  # checked once the earlier stage has written it
+  else:
+    teacher = task_head_classes(path)
+    if teacher is None:
+      raise UserError(f"teacher.path={path} is not a task model (a backbone with a head): "
+                      "distil from a `finetune` stage's model/, e.g. "
+                      "--config.teacher.path=<finetune workdir>/model.")
+  student = config.student.get("num_classes", 0)
+  if student and student != teacher:
+    raise UserError(f"The teacher's head has {teacher} classes but student.num_classes="
+                    f"{student}: task distillation needs the same classes; set "
+                    f"--config.student.num_classes={teacher} (or 0: the teacher's).")
+
+
+def check_transfer_set(config) -> None:
+  """An image folder given as the transfer set holds at least one readable image: files are
+  decoded in order until one is, so a good folder costs one decode."""
+  data = config.data
+  if data.source != "image_folder" or not data.get("path") or "://" in data.path.replace(
+      "file://", ""):
+    return
+  from kt_jax.data import sources, transforms
+  files, _, _, _ = sources.list_image_folder(data.path.removeprefix("file://"))
+  for path in files:
+    try:
+      transforms.decode_image(sources.read_bytes(path))
+      return
+    except Exception:  # pylint: disable=broad-except
+      continue
+  raise UserError(f"config.data.path={data.path}: no readable image in the transfer set "
+                  f"({len(files)} image files, none decodes).")

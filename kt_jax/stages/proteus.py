@@ -17,6 +17,7 @@ from kt_jax.errors import UserError
 from kt_jax.models.registry import InputSpec
 from kt_jax.objectives import proteus, target_norm
 from kt_jax.stages import checks
+from kt_jax.stages.teacher import load_teacher
 from kt_jax.train.weight_inheritance import inherit
 
 
@@ -56,18 +57,6 @@ def check_patch_targets(config, teacher_has_patch_objective: bool | None) -> Non
         "objective): its patch tokens are no Proteus target. Distil the class token only "
         "with --config.proteus.lambda_fea=0 --config.proteus.lambda_patch=0, or distil the "
         "patch tokens anyway with --config.proteus.patch_targets=yes.")
-
-
-def load_teacher(config, dtype):
-  """The frozen teacher, held once, cast to the compute dtype once."""
-  if not config.teacher.path:
-    raise ValueError("Set the teacher: --config.teacher.path=<checkpoint file or directory, "
-                     "or a shipped model such as efficientnet_lite0>.")
-  module, variables = convert.load_pretrained(config.teacher.path)
-  if hasattr(module, "dtype"):
-    module = module.clone(dtype=dtype)
-  variables = jax.tree.map(lambda x: jnp.asarray(x, dtype), variables)
-  return module, variables
 
 
 def build_objective(config) -> proteus.Proteus:

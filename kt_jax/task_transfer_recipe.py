@@ -1,0 +1,159 @@
+"""The chain of task-oriented knowledge transfer (Vemulapalli et al.) with every baseline, as one
+pipeline; shared by configs/task_transfer_mnist.py and configs/task_transfer_seg.py.
+
+Stages (each in `<workdir>/<name>/`; every finetune appends its row to `<workdir>/report.*`):
+  vfm                     finetune the VFM on the few labels (row "finetuned VFM")
+  td_indomain, td_generic distill_task from vfm/model on each transfer set
+  fd_indomain, fd_generic distill_feature from the VFM's ImageNet backbone, same budget
+  *_ft                    finetune each distilled student on the same labels
+  scratch, imagenet       the student finetuned from a random init / its ImageNet weights
+Every student row has the same architecture, finetuning budget and recipe; both
+distillations have the same transfer images, steps and batch.
+"""
+import ml_collections
+
+from kt_jax import config_defaults
+
+VFM = "efficientnet_lite2"
+STUDENT = "mobilenet_v2"
+# Resolutions: MNIST digits are 28 px, so neither network needs its native size. The student
+# at 64 px costs a fraction of the teacher at 128 px (XLA's FLOPs in the report's
+# student_flops column).
+TEACHER_SIZE, STUDENT_SIZE = 128, 64
+
+TRANSFER = {"indomain": "in-domain (unlabelled task images)",
+            "generic": "generic (shipped natural-image pool)"}
+
+
+def _sizes(tiny: bool) -> dict:
+  if tiny:
+    return dict(teacher=32, student=32, vfm_steps=2, distill_steps=2, ft_steps=2, batch=8,
+                transfer=16, crop=32, labels=3, val=1, seg_size=32, seg_train=120,
+                seg_test=22)
+  return dict(teacher=TEACHER_SIZE, student=STUDENT_SIZE, vfm_steps=150, distill_steps=300,
+              ft_steps=150, batch=32, transfer=2000, crop=64, labels=10, val=2, seg_size=64,
+              seg_train=1000, seg_test=200)
+
+
+def _common(c, s: dict, steps: int) -> None:
+  c.batch_size, c.total_steps = s["batch"], steps
+  c.log_every_steps = 10 if steps > 20 else 1
+  c.checkpoint_every_steps = steps
+  c.keep_checkpoints = 1
+  c.async_checkpoints = False
+
+
+def finetune(task: str, s: dict, method: str, *, path: str = "", name: str = "",
+             overrides=None, size: int = 0, teacher: str = "", transfer: str = "",
+             student: str = "", lr: float = 1e-3) -> ml_collections.ConfigDict:
+  c = config_defaults.finetune_config()
+  _common(c, s, s["ft_steps"])
+  c.backbone.path, c.backbone.name = path, name
+  c.backbone.overrides = overrides or {}
+  c.image_size = size
+  c.optimizer.lr = lr
+  c.optimizer.warmup_steps = max(1, c.total_steps // 10)
+  c.data.task = task
+  c.data.labels_per_class, c.data.val_per_class = s["labels"], s["val"]
+  c.data.task_options.digit_seg = {"size": s["seg_size"], "train_images": s["seg_train"],
+                                   "test_images": s["seg_test"]}
+  c.data.augment.scale = (0.6, 1.0)
+  c.data.augment.hflip = 0.0  # digits are not mirror-symmetric
+  c.report.dir = ".."
+  c.report.method, c.report.teacher = method, teacher
+  c.report.transfer_set, c.report.student = transfer, student
+  return c
+
+
+def _transfer(c, task: str, s: dict, kind: str) -> None:
+  c.data.pool_crop_size = s["crop"]
+  if kind == "generic":
+    c.data.pool_size = s["transfer"]
+  elif task == "mnist":
+    c.data.pool_size, c.data.pool_mnist = 0, s["transfer"]
+  else:
+    c.data.pool_size, c.data.pool_digit_seg = 0, s["transfer"]
+  c.data.exclude_test_of.labels_per_class = s["labels"]
+  c.data.augment.hflip = 0.0
+  c.data.augment.scale = (0.35, 1.0)
+  c.data.augment.randaugment = "rand-m9-mstd0.5-inc1"   # strong augmentation (Beyer et al.)
+  c.data.augment.random_erasing = 0.0
+
+
+def _student(c, s: dict, tiny: bool) -> None:
+  if tiny:
+    c.student.name, c.student.overrides = "resnet18", {"stage_sizes": (1, 1), "width": 8}
+  else:
+    c.student.name = STUDENT
+  c.image_size = s["student"]
+  c.teacher.image_size = s["teacher"]
+  c.optimizer.lr, c.optimizer.lr_base_batch = 1e-3, 0
+  c.optimizer.warmup_steps = max(1, c.total_steps // 10)
+  c.optimizer.weight_decay = 1e-4
+
+
+def distill_task(task: str, s: dict, kind: str, tiny: bool) -> ml_collections.ConfigDict:
+  c = config_defaults.distill_task_config()
+  _common(c, s, s["distill_steps"])
+  c.teacher.path = "{stage:vfm}/model"
+  _student(c, s, tiny)
+  _transfer(c, task, s, kind)
+  c.distill.temperature = 2.0
+  c.distill.mixup_alpha, c.distill.cutmix_alpha = 0.2, 1.0
+  return c
+
+
+def distill_feature(task: str, s: dict, kind: str, tiny: bool) -> ml_collections.ConfigDict:
+  c = config_defaults.distill_feature_config()
+  _common(c, s, s["distill_steps"])
+  # Task-agnostic: the VFM as it comes (its ImageNet features), not the finetuned one.
+  c.teacher.path = "random:vit_tiny_patch16" if tiny else VFM
+  _student(c, s, tiny)
+  _transfer(c, task, s, kind)
+  c.distill.fit_images = min(256, s["transfer"])
+  return c
+
+
+def chain(task: str, tiny: bool = False) -> ml_collections.ConfigDict:
+  """The whole experiment for `task` ("mnist" or "digit_seg"); `tiny`: seconds, for tests."""
+  s = _sizes(tiny)
+  student_name = "resnet18 (tiny)" if tiny else STUDENT
+  tiny_student = {"stage_sizes": (1, 1), "width": 8}
+  stages, order = ml_collections.ConfigDict(), []
+
+  def add(name, config):
+    stages[name] = config
+    order.append(name)
+
+  if tiny:  # a small random ViT stands in for the VFM (and its features, task-agnostic)
+    vfm = finetune(task, s, "finetuned VFM", name="vit_tiny_patch16",
+                   overrides={"depth": 1}, size=s["teacher"], student="vit_tiny (1 block)")
+  else:
+    vfm = finetune(task, s, "finetuned VFM", path=VFM, size=s["teacher"], student=VFM,
+                   lr=3e-4)
+    vfm.total_steps = s["vfm_steps"]
+  add("vfm", vfm)
+  teacher_name = "vfm (finetuned " + (VFM if not tiny else "vit_tiny") + ")"
+  for kind in ("indomain", "generic"):
+    add(f"td_{kind}", distill_task(task, s, kind, tiny))
+    add(f"td_{kind}_ft", finetune(
+        task, s, "task-oriented distillation + finetune", path=f"{{stage:td_{kind}}}/model",
+        size=s["student"], teacher=teacher_name, transfer=TRANSFER[kind], student=student_name))
+  for kind in ("indomain", "generic"):
+    add(f"fd_{kind}", distill_feature(task, s, kind, tiny))
+    add(f"fd_{kind}_ft", finetune(
+        task, s, "task-agnostic feature distillation + finetune",
+        path=f"{{stage:fd_{kind}}}/model", size=s["student"],
+        teacher=("vit_tiny (random)" if tiny else VFM + " (ImageNet)"),
+        transfer=TRANSFER[kind], student=student_name))
+  add("scratch", finetune(task, s, "student from scratch",
+                          name="resnet18" if tiny else STUDENT,
+                          overrides=tiny_student if tiny else None, size=s["student"],
+                          student=student_name))
+  add("imagenet", finetune(task, s, "ImageNet-pretrained student", path=STUDENT,
+                           size=s["student"], student=STUDENT + " (ImageNet weights)"))
+  c = ml_collections.ConfigDict()
+  c.stage = "pipeline"
+  c.stages = stages
+  c.order = tuple(order)
+  return c
