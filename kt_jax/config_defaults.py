@@ -89,7 +89,7 @@ def training_config() -> ml_collections.ConfigDict:
   c.optimizer.eps = 1e-8
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "image_folder"   # image_folder | arrayrecord | shipped_pool
+  c.data.source = "image_folder"   # image_folder | arrayrecord | shipped_pool | tar_shards | manifest
   c.data.path = ""
   c.data.split = "train"
   c.data.pool_size = 512
