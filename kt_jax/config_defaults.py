@@ -131,3 +131,21 @@ def proteus_config() -> ml_collections.ConfigDict:
   c.data.holdout = 64  # R^2 of the heads against the teacher on these, at every evaluation
   return c
 
+
+
+def embed_config() -> ml_collections.ConfigDict:
+  """The `embed` stage: a gallery's images at crop level -> L2-normalised vectors."""
+  c = ml_collections.ConfigDict()
+  c.stage = "embed"
+  c.teacher = teacher_config()     # the embedding model
+  c.image_size = 0                 # 0: the model's native input size
+  c.feature = "x_norm_clstoken"    # or "mean_patchtoken"
+  c.batch_size = 64                # crops per model call, over this process's devices
+  c.gallery = ml_collections.ConfigDict({
+      "source": "tar_shards",      # tar_shards | image_folder | arrayrecord
+      "path": "", "split": "train",
+      "images_per_unit": 1000})    # folder/ArrayRecord: images per embedding shard
+  # The crop set: the whole image, a grid x grid tiling, square boxes of each scale.
+  c.crops = ml_collections.ConfigDict({"whole": True, "grid": 2, "scales": ()})
+  c.stop_after_shards = 0          # >0: end this invocation after N units, resumable
+  return c

@@ -23,6 +23,10 @@ _STAGES = {
     "proteus": "kt_jax.stages.proteus:run",
     "convert": "kt_jax.stages.convert:run",
     "pipeline": "kt_jax.stages:run_pipeline",
+    "embed": "kt_jax.stages.embed:run",
+    "index": "kt_jax.stages.index:run",
+    "retrieve": "kt_jax.stages.retrieve:run",
+    "shipped_gallery": "kt_jax.stages.shipped_gallery:run",
 }
 
 SUMMARY_FILE = "summary.json"
