@@ -13,13 +13,20 @@ Stages (each in its own subfolder; a rerun skips finished ones and resumes the e
   topk      the ablation: the 2,000 globally most similar (query, crop) pairs
 Each retrieve summary reports the share of retrieved images that are digits and of the
 query's class.
+
+`:own` curates from your own gallery (tar shards, an image folder or ArrayRecord) for your own
+few-shot images (one subfolder per class): no gallery stage, no IVF-PQ comparison.
+
+  python -m kt_jax.main --config=configs/retrieve_mnist.py:own --workdir=workdirs/own \
+      --config.stages.embed.gallery.path=/data/shards \
+      --config.stages.balanced.queries.path=/data/fewshot
 """
 import ml_collections
 
 from kt_jax import config_defaults
 
 
-def get_config():
+def get_config(variant: str = ""):
   gallery = config_defaults.shipped_gallery_config()
 
   embed = config_defaults.embed_config()
@@ -48,4 +55,14 @@ def get_config():
       "gallery": gallery, "embed": embed, "index": exact, "ivfpq": ivfpq,
       "balanced": retrieve(True), "topk": retrieve(False)})
   c.order = ("gallery", "embed", "index", "ivfpq", "balanced", "topk")
+  if variant == "own":
+    embed.gallery.path = ""
+    embed.image_size, embed.crops.grid = 0, 2
+    balanced = retrieve(True)
+    balanced.queries.source, balanced.report_kind = "image_folder", ""
+    balanced.query_crops.grid = 2
+    c.stages = ml_collections.ConfigDict({"embed": embed, "index": exact, "balanced": balanced})
+    c.order = ("embed", "index", "balanced")
+  elif variant:
+    raise ValueError(f"Unknown variant {variant!r}: '' or 'own'.")
   return c

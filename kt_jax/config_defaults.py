@@ -89,7 +89,8 @@ def training_config() -> ml_collections.ConfigDict:
   c.optimizer.eps = 1e-8
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "image_folder"   # image_folder | arrayrecord | shipped_pool | tar_shards | manifest
+  c.data.source = "image_folder"   # image_folder | arrayrecord | shipped_pool | tar_shards
+                                   # | manifest
   c.data.path = ""
   c.data.split = "train"
   c.data.pool_size = 512
@@ -139,7 +140,7 @@ def embed_config() -> ml_collections.ConfigDict:
   c.stage = "embed"
   c.teacher = teacher_config()     # the embedding model
   c.image_size = 0                 # 0: the model's native input size
-  c.feature = "x_norm_clstoken"    # or "mean_patchtoken"
+  c.embedding = "x_norm_clstoken"  # the model output embedded, or "mean_patchtoken"
   c.batch_size = 64                # crops per model call, over this process's devices
   c.gallery = ml_collections.ConfigDict({
       "source": "tar_shards",      # tar_shards | image_folder | arrayrecord

@@ -27,7 +27,7 @@ EMBEDDINGS = "embeddings"
 
 def validate(config) -> None:
   checks.check_teacher_path(config.teacher.path, "teacher.path")
-  checks.check_choice(config.feature, "feature", checks.FEATURES[:2])
+  checks.check_choice(config.embedding, "embedding", checks.FEATURES[:2])
   checks.check_choice(config.gallery.source, "gallery.source", gallery.KINDS)
   checks.check_positive(config, "batch_size", "gallery.images_per_unit")
   checks.check_non_negative(config, "image_size", "stop_after_shards", "crops.grid")
@@ -87,7 +87,8 @@ def run(config, workdir: str) -> dict:
                len(units), len(mine), len(mine) - len(todo))
   module, variables = convert.load_pretrained(config.teacher.path)
   spec = convert.input_spec(config.teacher.path, config.image_size)
-  embedder = embedder_lib.Embedder(module, variables, spec, config.feature, config.batch_size)
+  embedder = embedder_lib.Embedder(module, variables, spec, config.embedding,
+                                   config.batch_size)
   embedder.warm_up()
   counts = {"images": 0, "crops": 0, "bad_images": 0, "skipped": 0, "truncated_shards": 0}
   start = time.perf_counter()

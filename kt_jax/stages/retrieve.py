@@ -92,7 +92,8 @@ def _sheet(path, rows, selection, query_images_, query_image_of, query_labels, m
 
 
 def run(config, workdir: str) -> dict:
-  from kt_jax.retrieval import balanced, crops, embedder, index, manifest, store  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from kt_jax.retrieval import balanced, crops, embedder, index, manifest, store
   from kt_jax.stages import embed, index as index_stage  # pylint: disable=g-import-not-at-top
   timing = {}
   clock = time.perf_counter()
@@ -120,7 +121,7 @@ def run(config, workdir: str) -> dict:
   model_path = embed_cfg["teacher"]["path"]
   module, variables = convert.load_pretrained(model_path)
   spec = convert.input_spec(model_path, embed_cfg["image_size"])
-  embed_fn = embedder.Embedder(module, variables, spec, embed_cfg["feature"],
+  embed_fn = embedder.Embedder(module, variables, spec, embed_cfg["embedding"],
                                embed_cfg["batch_size"])
   query_crops = np.concatenate([crops.cut_resized(im, boxes, spec.image_size) for im in images])
   queries = embed_fn(query_crops)
