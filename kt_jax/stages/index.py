@@ -66,7 +66,7 @@ def run(config, workdir: str) -> dict:
     summary[f"recall_at_{config.recall_k}"] = index.recall_at_k(approx_ids, exact_ids,
                                                                config.recall_k)
   paths.write_text(os.path.join(workdir, INFO_FILE), json.dumps(
-      {"embeddings": directory, "shards": names, **summary}, indent=2))
+      {"embeddings": directory, **summary, "shard_names": names}, indent=2))
   logging.info("index: %s", summary)
   print(f"\nindex: {config.kind} over {total} vectors of {dim} dims, {summary['bytes']} bytes; "
         + (f"recall@{config.recall_k} against exact "

@@ -108,7 +108,8 @@ def run(config, workdir: str) -> dict:
   directory = paths.join(config.embeddings, embed.EMBEDDINGS)
   vectors, table = store.load(directory)
   info = json.loads(paths.read_text(paths.join(config.index, index_stage.INFO_FILE)))
-  if info["shards"] != store.done(directory) or info["vectors"] != len(vectors):
+  if (info.get("shard_names", store.done(directory)) != store.done(directory)
+      or info["vectors"] != len(vectors)):
     raise UserError(f"The index in {config.index} was built from other embedding shards than "
                     f"{directory} now holds: rerun the index stage.")
   faiss_index = index.load(paths.join(config.index, index_stage.INDEX_FILE))
