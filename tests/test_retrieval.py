@@ -78,7 +78,7 @@ def test_quota_exact_and_no_image_twice(pipeline_dirs):
   assert np.bincount([r["query"] for r in rows]).tolist() == [3, 3, 3, 3]
   assert len({(r["source"], r["key"]) for r in rows}) == len(rows)
   assert os.path.getsize(summary["contact_sheet"]) > 0
-  assert set(summary["seconds"]) >= {"embed_queries", "search", "select"}
+  assert set(summary["phase_seconds"]) >= {"embed_queries", "search", "select"}
 
 
 def test_manifest_loads_through_grain_as_crops(pipeline_dirs):

@@ -171,7 +171,7 @@ def run(config, workdir: str) -> dict:
       "queries_short_of_quota": int((per_query < config.quota).sum()),
       "skipped_image_taken": selection.image_taken,
       "duplicates_removed": selection.duplicates,
-      "seconds": timing, "manifest": manifest_path, "contact_sheet": sheet}
+      "phase_seconds": timing, "manifest": manifest_path, "contact_sheet": sheet}
   if any("label" in m or "kind" in m for m in table["meta"]):
     summary["precision"] = balanced.precision(selection, query_labels, table["image"],
                                               table["meta"], config.report_kind or None)
