@@ -89,7 +89,8 @@ def training_config() -> ml_collections.ConfigDict:
   c.optimizer.eps = 1e-8
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "image_folder"   # image_folder | arrayrecord | shipped_pool
+  c.data.source = "image_folder"   # image_folder | arrayrecord | shipped_pool | tar_shards
+                                   # | manifest
   c.data.path = ""
   c.data.split = "train"
   c.data.pool_size = 512
@@ -287,4 +288,74 @@ def finetune_config() -> ml_collections.ConfigDict:
   # pipeline's root; "" writes none); method/teacher/student/transfer_set label the row.
   c.report = ml_collections.ConfigDict({"dir": ".", "method": "", "teacher": "", "student": "",
                                         "transfer_set": ""})
+  return c
+
+
+def embed_config() -> ml_collections.ConfigDict:
+  """The `embed` stage: a gallery's images at crop level -> L2-normalised vectors."""
+  c = ml_collections.ConfigDict()
+  c.stage = "embed"
+  c.teacher = teacher_config()     # the embedding model
+  c.image_size = 0                 # 0: the model's native input size
+  c.embedding = "x_norm_clstoken"  # the model output embedded, or "mean_patchtoken"
+  c.batch_size = 64                # crops per model call, over this process's devices
+  c.gallery = ml_collections.ConfigDict({
+      "source": "tar_shards",      # tar_shards | image_folder | arrayrecord
+      "path": "", "split": "train",
+      "images_per_unit": 1000})    # folder/ArrayRecord: images per embedding shard
+  # The crop set: the whole image, a grid x grid tiling, square boxes of each scale.
+  c.crops = ml_collections.ConfigDict({"whole": True, "grid": 2, "scales": ()})
+  c.stop_after_shards = 0          # >0: end this invocation after N units, resumable
+  return c
+
+
+def index_config() -> ml_collections.ConfigDict:
+  """The `index` stage: a faiss index over the embed stage's vectors."""
+  c = ml_collections.ConfigDict()
+  c.stage = "index"
+  c.seed = 0
+  c.embeddings = ""                # the embed stage's workdir
+  c.kind = "flat"                  # flat (exact) | ivfpq | hnsw
+  c.nlist = 0                      # ivfpq lists; 0: about 4 sqrt(N)
+  c.pq_m, c.pq_bits, c.opq = 16, 8, False  # ivfpq: sub-quantisers (bytes/vector), OPQ rotation
+  c.hnsw_m = 32
+  c.train_size = 100_000           # vectors sampled to train ivfpq
+  c.nprobe, c.ef_search = 16, 64   # search accuracy (ivf lists probed, hnsw beam)
+  c.recall_queries, c.recall_k = 1000, 10  # recall@k against exact search
+  return c
+
+
+def retrieve_config() -> ml_collections.ConfigDict:
+  """The `retrieve` stage: few-shot labelled images -> a query-balanced transfer set."""
+  c = ml_collections.ConfigDict()
+  c.stage = "retrieve"
+  c.embeddings = ""                # the embed stage's workdir (its model and crops are reused)
+  c.index = ""                     # the index stage's workdir
+  # The labelled images whose crops are the queries: the shipped 10-shot MNIST digits
+  # ("mnist_fewshot") or a folder with one subfolder per class ("image_folder", path).
+  c.queries = ml_collections.ConfigDict({"source": "mnist_fewshot", "path": "",
+                                         "labels_per_class": 10, "seed": 0})
+  c.query_crops = ml_collections.ConfigDict({"whole": True, "grid": 0, "scales": ()})
+  c.quota = 10                     # gallery crops per query
+  c.search_k = 0                   # neighbours searched per query; 0: 10 x quota
+  c.balanced = True                # False: plain top-K over all (query, crop) pairs
+  c.distinct_images = True         # a gallery image taken for one query is skipped for others
+  c.duplicate_threshold = 0.95     # cosine above which a crop duplicates one taken; 1: off
+  c.report_kind = ""               # gallery meta "kind" whose share is reported (e.g. mnist)
+  c.contact_sheet = ml_collections.ConfigDict({"rows": 10, "k": 8})
+  return c
+
+
+def shipped_gallery_config() -> ml_collections.ConfigDict:
+  """The `shipped_gallery` stage: a mixed gallery of shipped images as tar shards."""
+  c = ml_collections.ConfigDict()
+  c.stage = "shipped_gallery"
+  c.seed = 0
+  c.pool_images = 3000             # natural-image crops of the shipped photos
+  c.pool_crop_size = 96
+  c.foolbox = True                 # + foolbox's 100 samples (20 of them MNIST digits)
+  c.mnist_digits = 2000            # + MNIST digits, none of the few-shot task's
+  c.images_per_shard = 500
+  # The few-shot MNIST task kept out of the gallery (as the eval `mnist` task draws it).
+  c.exclude_labels_per_class, c.exclude_test_per_class, c.exclude_seed = 10, 50, 0
   return c

@@ -5,6 +5,10 @@
                           and unlabelled digit-segmentation images (`pool_digit_seg`)
           "image_folder"  path/ with one subfolder per class, or a flat folder
           "arrayrecord"   a TFDS ArrayRecord dataset directory (path, split)
+          "tar_shards"    a folder of webdataset tar shards (img2dataset's layout), streamed
+                          shard by shard, each process reading its own shards
+          "manifest"      a retrieved transfer set (kt_jax/retrieval/manifest.py): gallery crops
+                          cut at load time
 """
 import os
 
@@ -17,7 +21,7 @@ from kt_jax import config_defaults
 from kt_jax.data import pipeline, shipped, sources
 from kt_jax.errors import UserError
 
-SOURCES = ("shipped_pool", "image_folder", "arrayrecord")
+SOURCES = ("shipped_pool", "image_folder", "arrayrecord", "tar_shards", "manifest")
 # Options only one source reads; any other source wants them at their defaults.
 _SOURCE_ONLY = {"pool_size": "shipped_pool", "pool_crop_size": "shipped_pool",
                 "pool_mnist": "shipped_pool", "pool_digit_seg": "shipped_pool",
@@ -62,6 +66,11 @@ def validate(config) -> None:
                       f"{pool} pool images (pool_size + pool_mnist + pool_digit_seg).")
   if data.source != "shipped_pool":
     _check_path(data)
+  if data.source == "tar_shards" and (data.get("workers", 0) or data.get("holdout", 0)
+                                      or data.get("repeated_augmentation", 1) > 1):
+    raise UserError("data.source=tar_shards streams in this process without random access: "
+                    "set --config.data.workers=0 --config.data.holdout=0 "
+                    "--config.data.repeated_augmentation=1.")
   defaults = config_defaults.training_config().data
   for key, source in _SOURCE_ONLY.items():
     if key in data and data.source != source and data[key] != defaults[key]:
@@ -163,11 +172,22 @@ def build_source(config):
     source = sources.ImageFolderSource(path)
   elif kind == "arrayrecord":
     source = sources.ArrayRecordSource(path, split=data_cfg.get("split", "train"))
+  elif kind == "tar_shards":
+    from kt_jax.data import tar_shards  # pylint: disable=g-import-not-at-top
+    source = tar_shards.first_samples(path, _TAR_PEEK)
+  elif kind == "manifest":
+    from kt_jax.retrieval import manifest  # pylint: disable=g-import-not-at-top
+    source = manifest.ManifestSource(path)
   else:
     raise UserError(f"Unknown data.source {kind!r}: shipped_pool, image_folder or arrayrecord.")
   if len(source) == 0:
     raise UserError(f"No readable image in {data_cfg.path}.")
   return source
+
+
+# The random-access stand-in of a tar stream (`DataStream.source`): its first samples, which
+# stages read unaugmented, e.g. to fit statistics of the teacher's targets.
+_TAR_PEEK = 256
 
 
 def train_transforms(config):
@@ -209,6 +229,8 @@ def first_images(config, source, count: int) -> np.ndarray:
 
 def build_train_stream(config) -> tuple[DataStream, int]:
   """(stream of local batches, optimizer steps per epoch)."""
+  if config.data.source == "tar_shards":
+    return _tar_train_stream(config)
   source, holdout = split_holdout(build_source(config), config.data.get("holdout", 0))
   repeats = config.data.get("repeated_augmentation", 1)
   dataset = pipeline.make_train_loader(
@@ -217,3 +239,18 @@ def build_train_stream(config) -> tuple[DataStream, int]:
       worker_count=config.data.get("workers", 0), repeated_augmentation=repeats)
   steps_per_epoch = max(1, len(source) * repeats // config.batch_size)
   return DataStream(dataset, source, holdout), steps_per_epoch
+
+
+def _tar_train_stream(config) -> tuple[DataStream, int]:
+  """Tar shards streamed shard by shard; an epoch's length is estimated from the first shard
+  (counting every shard's samples would read the whole gallery before training starts)."""
+  from kt_jax.data import tar_shards  # pylint: disable=g-import-not-at-top
+  path = paths.normalise(config.data.path)
+  stream = tar_shards.TarStream(path, seed=config.seed, shard_index=jax.process_index(),
+                                shard_count=jax.process_count())
+  dataset = pipeline.make_stream_loader(stream, train_transforms(config), config.batch_size,
+                                        seed=config.seed)
+  peek = build_source(config)
+  first_shard = len(tar_shards.first_samples(stream.shards[0], tar_shards.ID_STRIDE))
+  steps_per_epoch = max(1, first_shard * len(stream.shards) // config.batch_size)
+  return DataStream(dataset, peek, None), steps_per_epoch

@@ -32,6 +32,7 @@ _log = logging.getLogger(__name__)
 
 BAD_COUNT_KEY = "kt_bad_records"
 BAD_IDS_KEY = "kt_bad_ids"
+STREAM_SKIPPED_KEY = "kt_tar_skipped"  # tar_shards.TarStream's count of corrupt samples
 _KEEP_BAD_IDS = 16
 _LOG_FIRST = 5
 
@@ -206,8 +207,10 @@ def _state_of(iterator_or_state) -> Any:
 
 
 def bad_records(iterator_or_state) -> int:
-  """Undecodable records dropped so far by a loader iterator (all worker processes)."""
-  return int(sum(_walk_state(_state_of(iterator_or_state), BAD_COUNT_KEY)))
+  """Records dropped so far by a loader iterator (all worker processes): undecodable ones,
+  plus samples a tar stream skipped as corrupt (`tar_shards.TarStream`)."""
+  state = _state_of(iterator_or_state)
+  return int(sum(_walk_state(state, BAD_COUNT_KEY)) + sum(_walk_state(state, STREAM_SKIPPED_KEY)))
 
 
 def bad_record_ids(iterator_or_state) -> list[int]:
@@ -313,3 +316,22 @@ def make_eval_loader(source, transforms: Sequence[Any], global_batch_size: int,
   batch_fn = functools.partial(_pad_batch, batch_size=local_batch)
   return _finish(ds, source, local_batch, worker_count, read_options, batch_fn=batch_fn,
                  drop_remainder=False)
+
+
+def make_stream_loader(stream: grain.IterDataset, transforms: Sequence[Any],
+                       global_batch_size: int, seed: int, shard_index: int | None = None,
+                       shard_count: int | None = None) -> grain.IterDataset:
+  """Local batches of a stream that already holds only this process's records (e.g.
+  `tar_shards.TarStream`, which deals shards to processes); transforms run in this process
+  and their per-record rngs continue across resumption (grain keeps the count in the state).
+  Undecodable records are dropped and counted as in `make_train_loader`."""
+  shard_index, shard_count, local_batch = _shard_args(global_batch_size, shard_index,
+                                                      shard_count)
+  ds = stream
+  for transform in transforms:
+    if isinstance(transform, grain.transforms.RandomMap):
+      ds = ds.random_map(transform, seed=seed * 1_000_003 + shard_index)
+    else:
+      ds = ds.map(transform)
+  ds = _DropInvalid(ds, getattr(stream, "describe", None), source_size=1 << 24)
+  return ds.batch(local_batch, drop_remainder=True)

@@ -28,6 +28,10 @@ _STAGES = {
     "pipeline": "kt_jax.stages:run_pipeline",
     "vqgan": "kt_jax.stages.vqgan:run",
     "latent_transformer": "kt_jax.stages.latent_transformer:run",
+    "embed": "kt_jax.stages.embed:run",
+    "index": "kt_jax.stages.index:run",
+    "retrieve": "kt_jax.stages.retrieve:run",
+    "shipped_gallery": "kt_jax.stages.shipped_gallery:run",
 }
 
 SUMMARY_FILE = "summary.json"
