@@ -283,7 +283,9 @@ def finetune_config() -> ml_collections.ConfigDict:
   c.data.crop_pct = 0.875          # classification eval: resize to size / crop_pct, centre crop
   c.data.augment = ml_collections.ConfigDict({
       "scale": (0.5, 1.0), "hflip": 0.5, "randaugment": "", "random_erasing": 0.0})
-  c.eval = ml_collections.ConfigDict({"batch_size": 64})
+  c.eval = eval_config()            # the one eval schema; finetune reads eval.batch_size and
+  c.eval.tasks = ()                # scores its own val/test splits (no kNN/probe tasks)
+  c.eval.batch_size = 64
   # Report row (kt_jax/eval/report.py): dir relative to the workdir ("." itself, ".." a
   # pipeline's root; "" writes none); method/teacher/student/transfer_set label the row.
   c.report = ml_collections.ConfigDict({"dir": ".", "method": "", "teacher": "", "student": "",

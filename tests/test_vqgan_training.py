@@ -61,8 +61,11 @@ def test_generator_loss_and_gradient_match_a_naive_recomputation(step):
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   np.testing.assert_allclose(metrics["d_weight"], weight, rtol=1e-4)
   assert float(metrics["disc_factor"]) == (1.0 if step >= 3 else 0.0)
+  # Tolerance on the scale of the whole gradient: some leaves (a bias before a GroupNorm) have
+  # a true gradient of zero, and their float noise (~1e-9) has no scale of its own.
+  scale = max(float(jnp.abs(b).max()) for b in jax.tree.leaves(expected_grad))
   for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(expected_grad)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(jnp.abs(b).max() + 1e-12))
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
   # The discriminator's running statistics moved (taming's train-mode forward on fakes).
   assert not np.allclose(new_state["discriminator"]["batch_stats"]["norm_1"]["mean"],
                          state["discriminator"]["batch_stats"]["norm_1"]["mean"])
