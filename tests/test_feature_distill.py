@@ -14,6 +14,7 @@ from kt_jax.eval import report
 from kt_jax.models.registry import InputSpec
 from kt_jax.objectives import feature_distill, losses
 from kt_jax.objectives.feature_regression import resize_tokens
+import config_overrides
 
 
 def test_feature_losses_against_numpy():
@@ -104,13 +105,7 @@ def tiny_distill_feature_config(**overrides):
   c.data.source, c.data.pool_size, c.data.pool_crop_size = "shipped_pool", 16, 32
   c.data.augment.randaugment = ""
   c.distill.fit_images = 16
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return c
+  return config_overrides.apply(c, overrides)
 
 
 def test_distill_feature_stage_writes_a_backbone(tmp_path):

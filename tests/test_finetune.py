@@ -18,6 +18,7 @@ from kt_jax.data import fewshot
 from kt_jax.errors import UserError
 from kt_jax.objectives import supervised
 from kt_jax.stages import checks, finetune
+import config_overrides
 
 
 def tiny_config(**overrides):
@@ -29,13 +30,7 @@ def tiny_config(**overrides):
   c.eval.batch_size = 32
   c.data.labels_per_class, c.data.val_per_class = 3, 1
   c.data.task_options.mnist.test_per_class = 3
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return c
+  return config_overrides.apply(c, overrides)
 
 
 def _flat(tree):

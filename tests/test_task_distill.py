@@ -19,6 +19,7 @@ from kt_jax.eval import report
 from kt_jax.models.classifier import Classifier
 from kt_jax.models.registry import InputSpec
 from kt_jax.objectives import losses, task_distill
+import config_overrides
 
 
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
@@ -162,13 +163,7 @@ def tiny_distill_task_config(teacher_path, **overrides):
   c.data.source, c.data.pool_size, c.data.pool_crop_size = "shipped_pool", 16, 32
   c.data.augment.randaugment = ""
   c.distill.temperature, c.distill.mixup_alpha = 2.0, 0.5
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return c
+  return config_overrides.apply(c, overrides)
 
 
 def test_distill_task_stage_end_to_end(tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import config_overrides
 from kt_jax import stages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,13 +29,7 @@ def tiny_config(**overrides):
   c.data.holdout = 0
   c.async_checkpoints = False
   c.student.overrides = {"depth": 2}
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return c
+  return config_overrides.apply(c, overrides)
 
 
 def final_params(workdir, step):
