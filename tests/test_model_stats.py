@@ -1,5 +1,7 @@
 """Params and FLOPs of registry models: params equal the PyTorch reference's count for the
 same architecture; FLOPs come from XLA and scale with the pixel count."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -48,3 +50,13 @@ def test_flops_scale_with_pixels_and_cli_prints_the_table(capsys):
   assert float(row[3]) == pytest.approx(small / 1e9, abs=0.01)
   assert np.isclose(float(row[2]), stats.param_count(models.create("resnet18"), 64) / 1e6,
                     atol=0.01)
+
+
+def test_sequence_models_are_counted_on_a_sequence_of_indices():
+  """The latent transformer takes codebook indices, not images: one full sequence."""
+  row = stats.model_stats("latent_transformer_tiny")
+  module = models.create("latent_transformer_tiny")
+  params = module.init(jax.random.key(0), jnp.zeros((1, module.seq_len), jnp.int32))["params"]
+  assert row.params == sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+  assert row.image_size == 0 and row.flops > 2 * row.params  # at least one MAC per weight
+  assert stats.format_table([row]).splitlines()[1].split()[1] == "-"

@@ -27,10 +27,10 @@ def _run(args) -> int:
                            f"{', '.join(models.names())}")
   if args.image_size < 0:
     raise errors.UserError("--image-size must be positive.")
-  rows = []
-  for name in names:
-    rows.append(stats.model_stats(name, args.image_size))
-  print(stats.format_table(rows))
+  print(stats.format_table([]), flush=True)
+  for name in names:  # a row at a time: the giant models take a while to lower
+    print(stats.format_table([stats.model_stats(name, args.image_size)]).splitlines()[1],
+          flush=True)
   return 0
 
 
