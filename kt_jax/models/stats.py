@@ -61,7 +61,7 @@ def model_stats(name: str, image_size: int = 0) -> ModelStats:
 
 
 def format_table(rows: list[ModelStats]) -> str:
-  lines = [f"{'model':<24} {'size':>5} {'params (M)':>11} {'GFLOPs':>9}"]
-  lines += [f"{r.name:<24} {r.image_size or '-':>5} {r.params / 1e6:>11.2f} {r.flops / 1e9:>9.2f}"
+  lines = [f"{'model':<30} {'size':>5} {'params (M)':>11} {'GFLOPs':>9}"]
+  lines += [f"{r.name:<30} {r.image_size or '-':>5} {r.params / 1e6:>11.2f} {r.flops / 1e9:>9.2f}"
             for r in rows]
   return "\n".join(lines)
