@@ -54,7 +54,7 @@ def get_config(variant: str = ""):
   c.stages = ml_collections.ConfigDict({
       "gallery": gallery, "embed": embed, "index": exact, "ivfpq": ivfpq,
       "balanced": retrieve(True), "topk": retrieve(False)})
-  c.order = ("gallery", "embed", "index", "ivfpq", "balanced", "topk")
+  c.order = ("gallery", "embed", "index", "balanced", "topk", "ivfpq")
   if variant == "own":
     embed.gallery.path = ""
     embed.image_size, embed.crops.grid = 0, 2

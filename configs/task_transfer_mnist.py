@@ -12,9 +12,21 @@ finetuned like the two baselines without pretraining on the task (random init; I
 weights). Every finetune appends a row to `<workdir>/report.md` (and report.json,
 report_compute.png). Any VFM: `--config.stages.vfm.backbone.path=<checkpoint>` (and
 `--config.stages.fd_indomain.teacher.path=...` for the task-agnostic rows).
+
+With a transfer set curated by configs/retrieve_mnist.py (rerun in the same workdir: finished
+stages are skipped, the two new ones run):
+
+  python -m kt_jax.main \
+      --config=configs/task_transfer_mnist.py:retrieved=workdirs/retrieve_mnist/balanced/manifest.jsonl \
+      --workdir=workdirs/tt_mnist
 """
 from kt_jax import task_transfer_recipe
 
 
 def get_config(arg: str = ""):
+  """`arg`: "" | "tiny" | "retrieved=<manifest.jsonl>" (adds the retrieved transfer set)."""
+  if arg.startswith("retrieved="):
+    return task_transfer_recipe.chain("mnist", retrieved=arg.split("=", 1)[1])
+  if arg not in ("", "tiny"):
+    raise ValueError(f"Unknown variant {arg!r}: '', 'tiny' or 'retrieved=<manifest.jsonl>'.")
   return task_transfer_recipe.chain("mnist", tiny=arg == "tiny")

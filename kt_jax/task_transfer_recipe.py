@@ -19,10 +19,11 @@ STUDENT = "mobilenet_v2"
 # Resolutions: MNIST digits are 28 px, so neither network needs its native size. The student
 # at 64 px costs a fraction of the teacher at 128 px (XLA's FLOPs in the report's
 # student_flops column).
-TEACHER_SIZE, STUDENT_SIZE = 128, 64
+TEACHER_SIZE, STUDENT_SIZE = 64, 32
 
 TRANSFER = {"indomain": "in-domain (unlabelled task images)",
-            "generic": "generic (shipped natural-image pool)"}
+            "generic": "generic (shipped natural-image pool)",
+            "retrieved": "retrieved (query-balanced from a mixed gallery)"}
 
 
 def _sizes(tiny: bool) -> dict:
@@ -65,9 +66,11 @@ def finetune(task: str, s: dict, method: str, *, path: str = "", name: str = "",
   return c
 
 
-def _transfer(c, task: str, s: dict, kind: str) -> None:
+def _transfer(c, task: str, s: dict, kind: str, manifest: str = "") -> None:
   c.data.pool_crop_size = s["crop"]
-  if kind == "generic":
+  if kind == "retrieved":  # a retrieve stage's manifest (configs/retrieve_mnist.py)
+    c.data.source, c.data.path = "manifest", manifest
+  elif kind == "generic":
     c.data.pool_size = s["transfer"]
   elif task == "mnist":
     c.data.pool_size, c.data.pool_mnist = 0, s["transfer"]
@@ -92,12 +95,13 @@ def _student(c, s: dict, tiny: bool) -> None:
   c.optimizer.weight_decay = 1e-4
 
 
-def distill_task(task: str, s: dict, kind: str, tiny: bool) -> ml_collections.ConfigDict:
+def distill_task(task: str, s: dict, kind: str, tiny: bool,
+                 manifest: str = "") -> ml_collections.ConfigDict:
   c = config_defaults.distill_task_config()
   _common(c, s, s["distill_steps"])
   c.teacher.path = "{stage:vfm}/model"
   _student(c, s, tiny)
-  _transfer(c, task, s, kind)
+  _transfer(c, task, s, kind, manifest)
   c.distill.temperature = 2.0
   c.distill.mixup_alpha, c.distill.cutmix_alpha = 0.2, 1.0
   return c
@@ -114,8 +118,12 @@ def distill_feature(task: str, s: dict, kind: str, tiny: bool) -> ml_collections
   return c
 
 
-def chain(task: str, tiny: bool = False) -> ml_collections.ConfigDict:
-  """The whole experiment for `task` ("mnist" or "digit_seg"); `tiny`: seconds, for tests."""
+def chain(task: str, tiny: bool = False, retrieved: str = "") -> ml_collections.ConfigDict:
+  """The whole experiment for `task` ("mnist" or "digit_seg"); `tiny`: seconds, for tests.
+
+  `retrieved`: a retrieve stage's `manifest.jsonl`; adds `td_retrieved` + `td_retrieved_ft`,
+  task-oriented distillation on that curated set beside the in-domain and generic ones.
+  """
   s = _sizes(tiny)
   student_name = "resnet18 (tiny)" if tiny else STUDENT
   tiny_student = {"stage_sizes": (1, 1), "width": 8}
@@ -134,8 +142,8 @@ def chain(task: str, tiny: bool = False) -> ml_collections.ConfigDict:
     vfm.total_steps = s["vfm_steps"]
   add("vfm", vfm)
   teacher_name = "vfm (finetuned " + (VFM if not tiny else "vit_tiny") + ")"
-  for kind in ("indomain", "generic"):
-    add(f"td_{kind}", distill_task(task, s, kind, tiny))
+  for kind in ("indomain", "generic") + (("retrieved",) if retrieved else ()):
+    add(f"td_{kind}", distill_task(task, s, kind, tiny, retrieved))
     add(f"td_{kind}_ft", finetune(
         task, s, "task-oriented distillation + finetune", path=f"{{stage:td_{kind}}}/model",
         size=s["student"], teacher=teacher_name, transfer=TRANSFER[kind], student=student_name))

@@ -103,3 +103,44 @@ def test_a_real_finished_stage_is_skipped_then_guarded(tmp_path):
     ("total_steps", False), ("optimizer.lr", False)])
 def test_result_neutral_keys(key, neutral):
   assert workdir_guard.is_result_neutral(key) is neutral
+
+
+def _pipeline(**stage_values):
+  import ml_collections
+  c = ml_collections.ConfigDict()
+  c.stage = "pipeline"
+  c.stages = ml_collections.ConfigDict({name: {"stage": "finetune", "lr": lr}
+                                        for name, lr in stage_values.items()})
+  c.order = tuple(stage_values)
+  return c
+
+
+def test_a_pipeline_may_grow_but_not_change_or_reorder_its_stages(tmp_path):
+  """Adding stages (a retrieved transfer set beside a finished chain) reruns the pipeline:
+  finished stages skip themselves, the new ones run. Changing or reordering old ones is an
+  error, as for any run."""
+  _finished(tmp_path, _pipeline(a=1.0, b=2.0))
+  workdir_guard.check(_pipeline(a=1.0, new=3.0, b=2.0), str(tmp_path))
+  workdir_guard.check(_pipeline(a=1.0, b=2.0, new=3.0), str(tmp_path))
+  with pytest.raises(workdir_guard.WorkdirMismatchError, match=r"stages\.b\.lr: 2\.0 -> 5\.0"):
+    workdir_guard.check(_pipeline(a=1.0, b=5.0, new=3.0), str(tmp_path))
+  with pytest.raises(workdir_guard.WorkdirMismatchError, match="order"):
+    workdir_guard.check(_pipeline(b=2.0, a=1.0), str(tmp_path))
+  with pytest.raises(workdir_guard.WorkdirMismatchError, match=r"stages\.b"):
+    workdir_guard.check(_pipeline(a=1.0), str(tmp_path))
+
+
+def test_a_grown_finished_pipeline_runs_only_its_new_stage(tmp_path):
+  import ml_collections
+  def pipeline(*names):
+    models = {"a": "efficientnet_lite0", "b": "mobilenet_v2"}
+    return ml_collections.ConfigDict({
+        "stage": "pipeline", "order": names,
+        "stages": {n: {"stage": "convert", "src": models[n]} for n in names}})
+  stages.run(pipeline("a"), str(tmp_path))
+  first = (tmp_path / "a" / "summary.json").read_text()
+  assert stages.run(pipeline("a"), str(tmp_path))["stage"] == "pipeline"  # finished: skipped
+  assert not (tmp_path / "b").exists()
+  summary = stages.run(pipeline("a", "b"), str(tmp_path))
+  assert set(summary["stages"]) == {"a", "b"} and (tmp_path / "b" / "summary.json").exists()
+  assert (tmp_path / "a" / "summary.json").read_text() == first

@@ -71,7 +71,9 @@ def run(config, workdir: str) -> dict:
   # Another stage or other values than the workdir's run: an error naming them, not a skip.
   workdir_guard.check(config, workdir)
   done = paths.join(workdir, SUMMARY_FILE)
-  if paths.exists(done):  # A finished stage is not run again; delete the file to redo it.
+  # A finished stage is not run again; delete the file to redo it. A finished pipeline that
+  # grew goes through its stages: the finished ones skip themselves, the new ones run.
+  if paths.exists(done) and not workdir_guard.pipeline_grew(config, workdir):
     logging.info("Stage %s already finished in %s; skipping.", config.stage, workdir)
     return json.loads(paths.read_text(done))
   import jax

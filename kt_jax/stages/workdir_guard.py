@@ -63,6 +63,27 @@ def differences(old: dict, new: dict) -> list[tuple[str, object, object]]:
           if old.get(k, _UNSET) != new.get(k, _UNSET) and not is_result_neutral(k)]
 
 
+def _without_pipeline_growth(diffs, saved: dict, order: list) -> list:
+  """A pipeline may grow: stages added (anywhere in `order`, the old ones keeping their
+  relative order) run on a rerun, finished ones are skipped. Each stage's own workdir is
+  guarded by its own config, so a changed stage is still an error there."""
+  old_stages = set((saved.get("stages") or {}).keys())
+  old_order = list(saved.get("order") or [])
+  kept = [name for name in order if name in old_stages]
+  if kept != old_order:
+    return diffs
+  added = lambda key: key.startswith("stages.") and key.split(".")[1] not in old_stages
+  return [d for d in diffs if d[0] != "order" and not added(d[0])]
+
+
+def pipeline_grew(config, workdir) -> bool:
+  """Whether `config` is a pipeline with stages its workdir's run did not have."""
+  if config.stage != "pipeline":
+    return False
+  saved = _read_json(paths.as_path(workdir) / "config.json") or {}
+  return bool(set(config.order) - set(saved.get("order") or ()))
+
+
 def _read_json(path: epath.Path) -> dict | None:
   if not path.exists():
     return None
@@ -88,6 +109,8 @@ def check(config, workdir) -> None:
   if saved is None:
     return
   diffs = differences(saved, json.loads(config.to_json_best_effort()))
+  if config.stage == "pipeline":
+    diffs = _without_pipeline_growth(diffs, saved, list(config.order))
   if diffs:
     shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in diffs[:8])
     more = f"; and {len(diffs) - 8} more" if len(diffs) > 8 else ""
