@@ -8,7 +8,8 @@ import pytest
 from kt_jax import convert
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenet_v2"])
+@pytest.mark.parametrize("name", [pytest.param("efficientnet_lite0", marks=pytest.mark.slow),
+                                  "mobilenet_v2"])
 def test_train_mode_updates_batch_stats(name):
   module, variables = convert.load_pretrained(name)
   x = jnp.ones((2, 32, 32, 3))

@@ -47,7 +47,7 @@ def _objective(loss_kind="l2", lambda_cls=1.0, lambda_patch=1.0):
                                         lambda_patch=lambda_patch)
 
 
-@pytest.mark.parametrize("kind", ["l2", "cosine"])
+@pytest.mark.parametrize("kind", ["l2", pytest.param("cosine", marks=pytest.mark.slow)])
 def test_loss_is_the_weighted_regression_of_the_teachers_tokens(kind):
   objective = _objective(kind, lambda_cls=0.5, lambda_patch=2.0)
   images = jnp.asarray(np.random.RandomState(0).randn(4, 32, 32, 3), jnp.float32)

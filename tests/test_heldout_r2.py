@@ -78,6 +78,7 @@ def test_ridge_fit_matches_sklearn():
   np.testing.assert_allclose(bias, reference.intercept_, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # test_ridge_fit_matches_sklearn checks the same solve in seconds
 def test_ridge_heads_are_sklearns_ridge_on_the_students_normed_tokens():
   from sklearn.linear_model import Ridge
   from kt_jax.objectives.proteus import HEAD_NORM_EPS

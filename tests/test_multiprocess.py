@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from test_trainer import ROOT, losses
 
@@ -42,6 +43,7 @@ def _params(workdir, out):
   return np.load(out)
 
 
+@pytest.mark.slow  # two launches of a real run: minutes on 2 cores (make test-slow)
 def test_two_processes_match_one(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   one = subprocess.run(_CMD + [f"--workdir={tmp_path / 'one'}"], cwd=ROOT, env=env,

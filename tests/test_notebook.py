@@ -2,11 +2,13 @@
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # a kernel plus a real model: over a minute on 2 cores
 def test_frozen_features_notebook_executes(tmp_path):
   path = os.path.join(ROOT, "notebooks", "frozen_features.ipynb")
   nb = nbformat.read(path, as_version=4)

@@ -48,6 +48,7 @@ def test_default_distance_matches_the_recipe_on_the_torch_network():
   np.testing.assert_allclose(ours, expected, rtol=2e-3)
 
 
+@pytest.mark.slow  # a whole EfficientNet-Lite0 backward: over a minute on 2 cores
 def test_distance_is_zero_on_equal_images_and_differentiable():
   loss, variables = perceptual.load("random:efficientnet_lite0", perceptual.EFFICIENTNET_LITE0_LAYERS)
   x = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3), minval=-1, maxval=1)

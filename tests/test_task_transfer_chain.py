@@ -33,7 +33,6 @@ def _run(tmp_path, name):
   return rows
 
 
-@pytest.mark.slow  # 452 s on the 2-core CPU: over the default suite's budget (run: make test-slow)
 def test_mnist_chain_end_to_end(tmp_path):
   rows = _run(tmp_path, "task_transfer_mnist.py")
   assert {r["metric"] for r in rows} == {"top1"}

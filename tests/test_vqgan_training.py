@@ -24,7 +24,7 @@ def tiny_objective(disc_start):
       data_spec=InputSpec(SIZE, (0.5,) * 3, (0.5,) * 3), disc_weight=0.8, disc_start=disc_start)
 
 
-@pytest.mark.parametrize("step", [0, 5])
+@pytest.mark.parametrize("step", [pytest.param(0, marks=pytest.mark.slow), 5])
 def test_generator_loss_and_gradient_match_a_naive_recomputation(step):
   objective = tiny_objective(disc_start=3)
   images = jax.random.uniform(jax.random.key(0), (2, SIZE, SIZE, 3), minval=-1, maxval=1)
