@@ -67,14 +67,15 @@ def finetune(task: str, s: dict, method: str, *, path: str = "", name: str = "",
 
 
 def _transfer(c, task: str, s: dict, kind: str, manifest: str = "") -> None:
-  c.data.pool_crop_size = s["crop"]
   if kind == "retrieved":  # a retrieve stage's manifest (configs/retrieve_mnist.py)
     c.data.source, c.data.path = "manifest", manifest
-  elif kind == "generic":
-    c.data.pool_size = s["transfer"]
-  elif task == "mnist":
-    c.data.pool_size, c.data.pool_mnist = 0, s["transfer"]
   else:
+    c.data.pool_crop_size = s["crop"]
+  if kind == "generic":
+    c.data.pool_size = s["transfer"]
+  elif kind == "indomain" and task == "mnist":
+    c.data.pool_size, c.data.pool_mnist = 0, s["transfer"]
+  elif kind == "indomain":
     c.data.pool_size, c.data.pool_digit_seg = 0, s["transfer"]
   c.data.exclude_test_of.labels_per_class = s["labels"]
   c.data.augment.hflip = 0.0
