@@ -19,14 +19,27 @@ stages are skipped, the two new ones run):
   python -m kt_jax.main \
       --config=configs/task_transfer_mnist.py:retrieved=workdirs/retrieve_mnist/balanced/manifest.jsonl \
       --workdir=workdirs/tt_mnist
+
+The transfer-set-size curve (in-domain distillation on 250, 500 and 1,000 images beside the
+chain's 2,000; combine with retrieved=... by a comma):
+
+  python -m kt_jax.main --config=configs/task_transfer_mnist.py:sizes=250/500/1000 \
+      --workdir=workdirs/tt_mnist
 """
 from kt_jax import task_transfer_recipe
 
 
 def get_config(arg: str = ""):
-  """`arg`: "" | "tiny" | "retrieved=<manifest.jsonl>" (adds the retrieved transfer set)."""
-  if arg.startswith("retrieved="):
-    return task_transfer_recipe.chain("mnist", retrieved=arg.split("=", 1)[1])
-  if arg not in ("", "tiny"):
-    raise ValueError(f"Unknown variant {arg!r}: '', 'tiny' or 'retrieved=<manifest.jsonl>'.")
-  return task_transfer_recipe.chain("mnist", tiny=arg == "tiny")
+  """`arg`: "" | "tiny" | comma-separated "retrieved=<manifest.jsonl>" (adds the retrieved
+  transfer set) and "sizes=250/500/1000" (adds in-domain distillation on fewer images)."""
+  if arg == "tiny":
+    return task_transfer_recipe.chain("mnist", tiny=True)
+  options = dict(part.split("=", 1) for part in arg.split(",") if "=" in part)
+  unknown = set(options) - {"retrieved", "sizes"} or (
+      {arg} if arg and "=" not in arg else set())
+  if unknown:
+    raise ValueError(f"Unknown variant {arg!r}: '', 'tiny', 'retrieved=<manifest.jsonl>', "
+                     "'sizes=250/500/1000' or both, comma-separated.")
+  sizes = tuple(int(n) for n in options.get("sizes", "").split("/") if n)
+  return task_transfer_recipe.chain("mnist", retrieved=options.get("retrieved", ""),
+                                    transfer_sizes=sizes)

@@ -119,11 +119,14 @@ def distill_feature(task: str, s: dict, kind: str, tiny: bool) -> ml_collections
   return c
 
 
-def chain(task: str, tiny: bool = False, retrieved: str = "") -> ml_collections.ConfigDict:
+def chain(task: str, tiny: bool = False, retrieved: str = "",
+          transfer_sizes: tuple = ()) -> ml_collections.ConfigDict:
   """The whole experiment for `task` ("mnist" or "digit_seg"); `tiny`: seconds, for tests.
 
   `retrieved`: a retrieve stage's `manifest.jsonl`; adds `td_retrieved` + `td_retrieved_ft`,
   task-oriented distillation on that curated set beside the in-domain and generic ones.
+  `transfer_sizes`: adds `td_indomain_<n>` + `td_indomain_<n>_ft` for each size n, the
+  in-domain distillation on n images (same steps and batch): the transfer-set-size curve.
   """
   s = _sizes(tiny)
   student_name = "resnet18 (tiny)" if tiny else STUDENT
@@ -148,6 +151,13 @@ def chain(task: str, tiny: bool = False, retrieved: str = "") -> ml_collections.
     add(f"td_{kind}_ft", finetune(
         task, s, "task-oriented distillation + finetune", path=f"{{stage:td_{kind}}}/model",
         size=s["student"], teacher=teacher_name, transfer=TRANSFER[kind], student=student_name))
+  for n in transfer_sizes:
+    sized = dict(s, transfer=int(n))
+    add(f"td_indomain_{n}", distill_task(task, sized, "indomain", tiny))
+    add(f"td_indomain_{n}_ft", finetune(
+        task, s, "task-oriented distillation + finetune", path=f"{{stage:td_indomain_{n}}}/model",
+        size=s["student"], teacher=teacher_name, transfer=f"in-domain, {n} images",
+        student=student_name))
   for kind in ("indomain", "generic"):
     add(f"fd_{kind}", distill_feature(task, s, kind, tiny))
     add(f"fd_{kind}_ft", finetune(
