@@ -62,7 +62,8 @@ def run(config, workdir: str) -> dict:
     if not rows:
       raise UserError(f"The chosen {winner} has no row in its report "
                       f"({config.candidates_report}).")
-    row = dict(rows[-1], method=config.report.method or rows[-1]["method"])
+    row = dict(rows[-1], method=config.report.method or rows[-1]["method"],
+               workdir=paths.absolute(workdir), chosen=paths.absolute(winner))
     report.append_row(_report_dir(workdir, config.report.dir), row)
   chosen = summaries[winner]
   print(f"\nselect: {winner} ({config.key} {chosen.get(config.key)}) of "
