@@ -284,7 +284,8 @@ def finetune_config() -> ml_collections.ConfigDict:
   c.data.val_per_class = 2         # of those, per class, kept for validation
   c.data.split_seed = 0            # which images are drawn
   c.data.train_images = ""         # a rerepresent stage's workdir: train on its images of the
-                                   # same train split (ids and labels checked); val/test stay
+                                   # same train split (ids and labels checked); val and test
+                                   # stay the task's originals (IRF's delivering stage)
   c.data.workers = 0
   c.data.mean = ()                 # () : the backbone's own input normalisation
   c.data.std = ()
