@@ -103,3 +103,18 @@ def test_a_real_finished_stage_is_skipped_then_guarded(tmp_path):
     ("total_steps", False), ("optimizer.lr", False)])
 def test_result_neutral_keys(key, neutral):
   assert workdir_guard.is_result_neutral(key) is neutral
+
+
+def test_keys_added_later_match_older_runs_only_at_their_old_value():
+  """A finetune config.json written before optimizer.name existed ran AdamW: it matches the
+  new default, not SGD."""
+  from kt_jax import config_defaults
+  new = json.loads(config_defaults.finetune_config().to_json_best_effort())
+  old = json.loads(json.dumps(new))
+  for key in ("name", "momentum", "nesterov", "schedule", "decay_boundaries", "decay_factor"):
+    del old["optimizer"][key]
+  del old["data"]["train_images"], old["data"]["augment"]["ratio"]
+  assert workdir_guard.differences(old, new) == []
+  assert workdir_guard.differences({"stages": {"a": old}}, {"stages": {"a": new}}) == []
+  new["optimizer"]["name"] = "sgd"
+  assert [k for k, _, _ in workdir_guard.differences(old, new)] == ["optimizer.name"]
