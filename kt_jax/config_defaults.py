@@ -254,6 +254,12 @@ def finetune_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 1e-4
   c.optimizer.freeze = ()          # regexes on parameter paths given zero updates
                                    # (linear_probe adds "^model/backbone/")
+  c.optimizer.name = "adamw"       # adamw | sgd (torch's SGD: L2 decay added to the gradient)
+  c.optimizer.momentum = 0.9       # sgd
+  c.optimizer.nesterov = False     # sgd
+  c.optimizer.schedule = "cosine"  # cosine | multistep (lr x decay_factor at each boundary)
+  c.optimizer.decay_boundaries = (0.3, 0.6, 0.9)  # multistep: fractions of total_steps
+  c.optimizer.decay_factor = 0.1
   # Exactly one: `path` (checkpoint, model directory, "{stage:NAME}/model", shipped model,
   # random:<name>) or `name` (a registered model initialised from the seed). `overrides`:
   # constructor arguments of the backbone (e.g. drop_path_rate). A task model as `path` gives
@@ -277,12 +283,17 @@ def finetune_config() -> ml_collections.ConfigDict:
                                    # (0: all of them)
   c.data.val_per_class = 2         # of those, per class, kept for validation
   c.data.split_seed = 0            # which images are drawn
+  c.data.train_images = ""         # a rerepresent stage's workdir: train on its images of the
+                                   # same train split (ids and labels checked); val and test
+                                   # stay the task's originals (IRF's delivering stage)
   c.data.workers = 0
   c.data.mean = ()                 # () : the backbone's own input normalisation
   c.data.std = ()
   c.data.crop_pct = 0.875          # classification eval: resize to size / crop_pct, centre crop
+  # ratio: the random crop's aspect-ratio range ((1, 1): square crops)
   c.data.augment = ml_collections.ConfigDict({
-      "scale": (0.5, 1.0), "hflip": 0.5, "randaugment": "", "random_erasing": 0.0})
+      "scale": (0.5, 1.0), "ratio": (3 / 4, 4 / 3), "hflip": 0.5, "randaugment": "",
+      "random_erasing": 0.0})
   c.eval = eval_config()            # the one eval schema; finetune reads eval.batch_size and
   c.eval.tasks = ()                # scores its own val/test splits (no kNN/probe tasks)
   c.eval.batch_size = 64
@@ -290,6 +301,36 @@ def finetune_config() -> ml_collections.ConfigDict:
   # pipeline's root; "" writes none); method/teacher/student/transfer_set label the row.
   c.report = ml_collections.ConfigDict({"dir": ".", "method": "", "teacher": "", "student": "",
                                         "transfer_set": ""})
+  return c
+
+
+def rerepresent_config() -> ml_collections.ConfigDict:
+  """The `rerepresent` stage (IRF's assembling): a few-shot task's train images encoded and
+  decoded by a frozen VQGAN, written as a labelled image dataset `finetune` trains on."""
+  c = ml_collections.ConfigDict()
+  c.stage = "rerepresent"
+  c.vqgan_path = ""                # a vqgan stage's workdir or model/ (any kt_jax VQGAN dir)
+  c.image_size = 0                 # 0: the VQGAN's own training resolution
+  c.batch_size = 64                # images per VQGAN call
+  c.contact_sheet_rows = 8
+  # The few-shot split exactly as the finetune stage draws it (same keys, same meaning).
+  data = finetune_config().data
+  c.data = ml_collections.ConfigDict({k: data[k] for k in (
+      "task", "task_options", "labels_per_class", "val_per_class", "split_seed")})
+  return c
+
+
+def select_config() -> ml_collections.ConfigDict:
+  """The `select` stage: the best of several finished stages by a summary value (a sweep's
+  grid points chosen on the validation split); its `model/` links to the winner's."""
+  c = ml_collections.ConfigDict()
+  c.stage = "select"
+  c.candidates = ()                # workdirs, e.g. ("{stage:deliver_lr0}", "{stage:deliver_lr1}")
+  c.key = "val"                    # the summary.json value maximised
+  # The winner's report row, copied from the candidates' report (their report.dir, relative
+  # to the candidate's workdir) into report.dir (relative to this workdir) under `method`.
+  c.candidates_report = "../sweep"
+  c.report = ml_collections.ConfigDict({"dir": "..", "method": ""})
   return c
 
 

@@ -93,3 +93,60 @@ def test_frozen_leaves_get_zero_updates_and_the_rest_train_as_alone():
     np.testing.assert_array_equal(params["model"]["backbone"][name]["kernel"], leaf["kernel"])
   for k in head:
     np.testing.assert_array_equal(params["model"]["head"][k], alone["model"]["head"][k])
+
+
+def test_multistep_schedule_matches_step_decay_formula_and_torch():
+  peak, total, warmup, start = 0.3, 50, 5, 0.0
+  schedule = optimizer.multistep_schedule(peak, total, warmup, start, (0.3, 0.6, 0.9), 0.1)
+  milestones = [15, 30, 45]
+  for step in range(total):
+    if step < warmup:
+      expected = start + (peak - start) * step / warmup
+    else:
+      expected = peak * 0.1 ** sum(step >= m for m in milestones)
+    np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-5)
+  # Without warmup it is torch's MultiStepLR (lr read before each optimizer step).
+  import torch
+  schedule = optimizer.multistep_schedule(peak, total, 0, start, (0.3, 0.6, 0.9), 0.1)
+  opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak)
+  torch_sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
+  for step in range(total):
+    np.testing.assert_allclose(float(schedule(step)), opt.param_groups[0]["lr"], rtol=1e-5)
+    opt.step()
+    torch_sched.step()
+
+
+def test_sgd_nesterov_steps_match_torch_sgd():
+  """Five SGD steps (Nesterov momentum 0.9, L2 weight decay on kernels only, multi-step lr)
+  against torch.optim.SGD with MultiStepLR, and the first against the formula."""
+  import torch
+  cfg = ml_collections.ConfigDict(dict(
+      name="sgd", momentum=0.9, nesterov=True, lr=0.1, lr_base_batch=0, warmup_init=0.0,
+      weight_decay=1e-2, no_decay_names=(), schedule="multistep", decay_boundaries=(0.4,),
+      decay_factor=0.1))
+  rng = np.random.RandomState(0)
+  p = {"w": jnp.asarray(rng.randn(3, 2), jnp.float32), "b": jnp.asarray(rng.randn(2), jnp.float32)}
+  grads = [{k: jnp.asarray(rng.randn(*np.shape(v)), jnp.float32) for k, v in p.items()}
+           for _ in range(5)]
+  tx, _ = optimizer.make_optimizer(cfg, p, total_steps=5, warmup_steps=0, global_batch_size=8)
+  state, params = tx.init(p), p
+  tw = torch.nn.Parameter(torch.tensor(np.asarray(p["w"])))
+  tb = torch.nn.Parameter(torch.tensor(np.asarray(p["b"])))
+  opt = torch.optim.SGD([{"params": [tw], "weight_decay": 1e-2},
+                         {"params": [tb], "weight_decay": 0.0}], lr=0.1, momentum=0.9,
+                        nesterov=True)
+  sched = torch.optim.lr_scheduler.MultiStepLR(opt, [2], gamma=0.1)
+  for i, g in enumerate(grads):
+    updates, state = tx.update(g, state, params)
+    params = optax.apply_updates(params, updates)
+    if i == 0:  # b = g + wd p; step = -lr (g' + 0.9 b) with g' = b on the first step
+      g_w = np.asarray(g["w"]) + 1e-2 * np.asarray(p["w"])
+      np.testing.assert_allclose(np.asarray(params["w"]),
+                                 np.asarray(p["w"]) - 0.1 * 1.9 * g_w, rtol=1e-5, atol=1e-6)
+    tw.grad, tb.grad = torch.tensor(np.asarray(g["w"])), torch.tensor(np.asarray(g["b"]))
+    opt.step()
+    sched.step()
+    np.testing.assert_allclose(np.asarray(params["w"]), tw.detach().numpy(), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(np.asarray(params["b"]), tb.detach().numpy(), rtol=1e-5,
+                               atol=1e-6)

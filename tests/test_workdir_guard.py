@@ -144,3 +144,18 @@ def test_a_grown_finished_pipeline_runs_only_its_new_stage(tmp_path):
   summary = stages.run(pipeline("a", "b"), str(tmp_path))
   assert set(summary["stages"]) == {"a", "b"} and (tmp_path / "b" / "summary.json").exists()
   assert (tmp_path / "a" / "summary.json").read_text() == first
+
+
+def test_keys_added_later_match_older_runs_only_at_their_old_value():
+  """A finetune config.json written before optimizer.name existed ran AdamW: it matches the
+  new default, not SGD."""
+  from kt_jax import config_defaults
+  new = json.loads(config_defaults.finetune_config().to_json_best_effort())
+  old = json.loads(json.dumps(new))
+  for key in ("name", "momentum", "nesterov", "schedule", "decay_boundaries", "decay_factor"):
+    del old["optimizer"][key]
+  del old["data"]["train_images"], old["data"]["augment"]["ratio"]
+  assert workdir_guard.differences(old, new) == []
+  assert workdir_guard.differences({"stages": {"a": old}}, {"stages": {"a": new}}) == []
+  new["optimizer"]["name"] = "sgd"
+  assert [k for k, _, _ in workdir_guard.differences(old, new)] == ["optimizer.name"]

@@ -37,14 +37,15 @@ _KEEP_BAD_IDS = 16
 _LOG_FIRST = 5
 
 
-def proteus_train_transforms(image_size: int = 224, *, scale=(0.08, 1.0), hflip: float = 0.5,
+def proteus_train_transforms(image_size: int = 224, *, scale=(0.08, 1.0),
+                             ratio=(3 / 4, 4 / 3), hflip: float = 0.5,
                              randaugment_config: str | None = "rand-m9-mstd0.5-inc1",
                              re_prob: float = 0.25, re_mode: str = "pixel",
                              mean=T.IMAGENET_DEFAULT_MEAN, std=T.IMAGENET_DEFAULT_STD,
                              interpolation: str = "bicubic") -> list:
   """DeiT's train recipe (timm create_transform, as Proteus uses it), mixup left out."""
   fill = tuple(min(255, round(255 * m)) for m in mean)
-  recipe = [T.Decode(), T.RandomResizedCrop(image_size, scale=scale,
+  recipe = [T.Decode(), T.RandomResizedCrop(image_size, scale=scale, ratio=tuple(ratio),
                                             interpolation=interpolation)]
   if hflip > 0:
     recipe.append(T.RandomHorizontalFlip(hflip))

@@ -32,6 +32,8 @@ _STAGES = {
     "index": "kt_jax.stages.index:run",
     "retrieve": "kt_jax.stages.retrieve:run",
     "shipped_gallery": "kt_jax.stages.shipped_gallery:run",
+    "rerepresent": "kt_jax.stages.rerepresent:run",
+    "select": "kt_jax.stages.select:run",
 }
 
 SUMMARY_FILE = "summary.json"
@@ -95,15 +97,20 @@ def _substitute(config, workdirs: dict):
   """Replaces "{stage:NAME}" in every string of `config` by that stage's workdir."""
   import ml_collections
   config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
+  def replace(value: str) -> str:
+    for name, path in workdirs.items():
+      value = value.replace("{stage:%s}" % name, path)
+    return value
+
   def visit(node):
     for key in list(node.keys()):
       value = node[key]
       if isinstance(value, ml_collections.ConfigDict):
         visit(value)
       elif isinstance(value, str):
-        for name, path in workdirs.items():
-          value = value.replace("{stage:%s}" % name, path)
-        node[key] = value
+        node[key] = replace(value)
+      elif isinstance(value, (tuple, list)) and any(isinstance(v, str) for v in value):
+        node[key] = type(value)(replace(v) if isinstance(v, str) else v for v in value)
   visit(config)
   return config
 

@@ -68,6 +68,8 @@ def _strings(node):
       yield from _strings(value)
     elif isinstance(value, str):
       yield value
+    elif isinstance(value, (tuple, list)):  # e.g. select's candidates
+      yield from (v for v in value if isinstance(v, str))
 
 
 def is_deferred(value) -> bool:

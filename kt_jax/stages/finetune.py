@@ -14,6 +14,9 @@ optimizer gives its weights exactly zero updates, BatchNorm keeps its statistics
 runs a linear probe of `finetune.probe_steps` steps in `<workdir>/probe/` (a stage of its own:
 resumed, skipped when done), then trains every parameter from the probed model here.
 Layer-wise lr decay is `optimizer.layer_decay`, label smoothing `finetune.label_smoothing`.
+`data.train_images` (a `rerepresent` stage's workdir) trains on the re-represented images of
+the same train records (ids and labels checked) while validation and test stay the task's
+originals: IRF's delivering stage.
 
 Writes `<workdir>/model/` (the task model with its class names; `distill_task` loads it as
 its teacher), `splits.json` (the chosen ids), `eval.jsonl` (val and test scores: top-1, or
@@ -57,7 +60,16 @@ def validate(config) -> None:
   if config.finetune.mode == "lp_ft":
     checks.check_positive(config, "finetune.probe_steps", "finetune.probe_lr")
   checks.check_positive(config, "eval.batch_size")
+  from kt_jax.train import optimizer
+  checks.check_choice(config.optimizer.name, "optimizer.name", optimizer.OPTIMIZERS)
+  checks.check_choice(config.optimizer.schedule, "optimizer.schedule", optimizer.SCHEDULES)
   fewshot.check(config.data.task, config.data.labels_per_class, config.data.val_per_class)
+  train_images = config.data.train_images
+  if train_images and not checks.is_deferred(train_images):
+    from kt_jax.stages import rerepresent
+    if not paths.exists(paths.join(train_images, rerepresent.MANIFEST)):
+      raise UserError(f"data.train_images={train_images} is not a finished rerepresent "
+                      f"stage's workdir (no {rerepresent.MANIFEST}).")
   if fewshot.task_kind(config.data.task) == fewshot.SEGMENTATION:
     _check_spatial_early(config)
 
@@ -216,7 +228,8 @@ def train_stream(config, splits, spec: InputSpec):
                                                  spec.mean, spec.std)
   else:
     transforms = pipeline.proteus_train_transforms(
-        spec.image_size, scale=tuple(aug.scale), hflip=aug.hflip,
+        spec.image_size, scale=tuple(aug.scale), ratio=tuple(aug.get("ratio", (3 / 4, 4 / 3))),
+        hflip=aug.hflip,
         randaugment_config=aug.randaugment or None, re_prob=aug.random_erasing,
         mean=spec.mean, std=spec.std)
   dataset = pipeline.make_train_loader(
@@ -310,7 +323,7 @@ def run(config, workdir: str) -> dict:
     train_config = _with_freeze(train_config)
 
   dtype = jnp.dtype(config.compute_dtype)
-  splits = fewshot.build_splits(config.data, config.data.split_seed)
+  splits = build_splits(config)
   if jax.process_index() == 0:
     fewshot.write_record(workdir, splits, {"labels_per_class": config.data.labels_per_class,
                                            "val_per_class": config.data.val_per_class,
@@ -334,7 +347,8 @@ def run(config, workdir: str) -> dict:
              "test": scores.get(f"test/{metric}"), "task": splits.name, "kind": splits.kind,
              "classes": list(splits.class_names), "train_images": len(splits.train_ids),
              "val_images": len(splits.val_ids), "test_images": len(splits.test),
-             "bad_records": stream.bad_records(), "completed": completed}
+             "bad_records": stream.bad_records(), "completed": completed,
+             "train_images_from": config.data.train_images or splits.name}
   if probe_summary is not None:
     summary["probe"] = {k: probe_summary.get(k) for k in ("val", "test", "metric")}
   if completed and jax.process_index() == 0 and config.report.dir:
@@ -343,6 +357,17 @@ def run(config, workdir: str) -> dict:
         + ", ".join(f"{k} {metric} {100 * v:.1f}%" for k, v in
                     (("val", summary["val"]), ("test", summary["test"])) if v is not None))
   return summary
+
+
+def build_splits(config) -> fewshot.Splits:
+  """The few-shot splits of `config.data`; with `data.train_images` (IRF) the train records
+  are the rerepresent stage's images of the same ids and labels, val and test the task's."""
+  splits = fewshot.build_splits(config.data, config.data.split_seed)
+  if config.data.get("train_images"):
+    from kt_jax.stages import rerepresent
+    splits = dataclasses.replace(
+        splits, train=rerepresent.train_source(config.data.train_images, splits))
+  return splits
 
 
 def _with_freeze(config):

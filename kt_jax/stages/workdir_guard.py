@@ -27,6 +27,15 @@ RESULT_NEUTRAL_KEYS = (
     "mesh",                     # placement over devices; 1 and 8 devices agree (tested)
     "sharding_rules",
 )
+# Keys added to a stage's schema after runs existed, with the value that reproduces what those
+# runs did: a saved config.json without the key ran exactly so, and still matches it. (Matched
+# at the end of a key's path, so they hold inside pipelines too.)
+ADDED_KEYS = {
+    "optimizer.name": "adamw", "optimizer.momentum": 0.9, "optimizer.nesterov": False,
+    "optimizer.schedule": "cosine", "optimizer.decay_boundaries": [0.3, 0.6, 0.9],
+    "optimizer.decay_factor": 0.1, "data.train_images": "",
+    "data.augment.ratio": [3 / 4, 4 / 3],
+}
 # Not neutral, though they look it: `data.workers` (the saved data-iterator position depends
 # on the worker count), `total_steps`/`epochs` (the learning-rate schedule), `batch_size`.
 
@@ -60,7 +69,13 @@ def differences(old: dict, new: dict) -> list[tuple[str, object, object]]:
   """(dotted key, old, new) for every value that differs and may not, sorted by key."""
   old, new = _flatten(old), _flatten(new)
   return [(k, old.get(k, _UNSET), new.get(k, _UNSET)) for k in sorted(set(old) | set(new))
-          if old.get(k, _UNSET) != new.get(k, _UNSET) and not is_result_neutral(k)]
+          if old.get(k, _UNSET) != new.get(k, _UNSET) and not is_result_neutral(k)
+          and not (k not in old and _added_with_old_value(k, new[k]))]
+
+
+def _added_with_old_value(key: str, value) -> bool:
+  return any((key == added or key.endswith("." + added)) and value == old_value
+             for added, old_value in ADDED_KEYS.items())
 
 
 def _without_pipeline_growth(diffs, saved: dict, order: list) -> list:

@@ -1,5 +1,5 @@
-"""AdamW with warmup + cosine, decay masks, optional clipping, layer-wise lr decay and frozen
-parameters.
+"""AdamW (or SGD with momentum) with warmup + cosine (or multi-step) decay, decay masks,
+optional clipping, layer-wise lr decay and frozen parameters.
 
 Built from `config.optimizer` (for an objective with several update groups, one optimizer per
 group from `group_config`); the schedule is per step (the official DeiT/Proteus code steps
@@ -23,6 +23,27 @@ def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int,
       optax.cosine_decay_schedule(peak, max(total_steps - warmup_steps, 1),
                                   alpha=min_lr / peak if peak else 0.0),
   ], [warmup_steps])
+
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "multistep")
+
+
+def multistep_schedule(peak: float, total_steps: int, warmup_steps: int, warmup_init: float,
+                       boundaries=(0.3, 0.6, 0.9), factor: float = 0.1) -> optax.Schedule:
+  """Linear warmup from `warmup_init` to `peak`, then `peak` times `factor` once per boundary
+  passed: the lr of step t >= warmup is peak * factor ** #{b : t >= round(b * total_steps)}
+  (`boundaries` are fractions of the whole run, as BiT's and One-to-Transfer-All's step decay;
+  torch's MultiStepLR with milestones round(b * total_steps))."""
+  warmup_steps = min(warmup_steps, total_steps)
+  milestones = sorted({int(round(b * total_steps)) for b in boundaries})
+  def schedule(step):
+    step = jnp.asarray(step)
+    warm = warmup_init + (peak - warmup_init) * step / max(warmup_steps, 1)
+    passed = sum((step >= m).astype(jnp.float32) for m in milestones) if milestones else 0.0
+    decayed = peak * jnp.power(factor, passed)
+    return jnp.where(step < warmup_steps, warm, decayed)
+  return schedule
 
 
 def _path_str(path) -> str:
@@ -110,14 +131,33 @@ def make_optimizer(opt_cfg, params, total_steps: int, warmup_steps: int,
 def _make_trainable(opt_cfg, params, total_steps: int, warmup_steps: int,
                     global_batch_size: int):
   peak = peak_learning_rate(opt_cfg, global_batch_size)
-  schedule = learning_rate_schedule(peak, total_steps, warmup_steps,
-                                    opt_cfg.get("warmup_init", 0.0), opt_cfg.get("min_lr", 0.0))
+  name, kind = opt_cfg.get("name", "adamw"), opt_cfg.get("schedule", "cosine")
+  if name not in OPTIMIZERS or kind not in SCHEDULES:
+    raise ValueError(f"optimizer.name={name!r} / optimizer.schedule={kind!r}: expected one of "
+                     f"{OPTIMIZERS} / {SCHEDULES}.")
+  if kind == "multistep":
+    schedule = multistep_schedule(peak, total_steps, warmup_steps,
+                                  opt_cfg.get("warmup_init", 0.0),
+                                  tuple(opt_cfg.get("decay_boundaries", (0.3, 0.6, 0.9))),
+                                  opt_cfg.get("decay_factor", 0.1))
+  else:
+    schedule = learning_rate_schedule(peak, total_steps, warmup_steps,
+                                      opt_cfg.get("warmup_init", 0.0), opt_cfg.get("min_lr", 0.0))
   parts = []
   if opt_cfg.get("grad_clip_norm"):
     parts.append(optax.clip_by_global_norm(opt_cfg.grad_clip_norm))
-  parts.append(optax.adamw(schedule, b1=opt_cfg.get("b1", 0.9), b2=opt_cfg.get("b2", 0.999),
-                           eps=opt_cfg.get("eps", 1e-8), weight_decay=opt_cfg.weight_decay,
-                           mask=weight_decay_mask(params, tuple(opt_cfg.get("no_decay_names", ())))))
+  mask = weight_decay_mask(params, tuple(opt_cfg.get("no_decay_names", ())))
+  if name == "sgd":
+    # torch.optim.SGD: the decay is added to the gradient (L2, coupled) before the momentum
+    # buffer b = momentum * b + g; Nesterov steps along g + momentum * b.
+    if opt_cfg.weight_decay:
+      parts.append(optax.add_decayed_weights(opt_cfg.weight_decay, mask))
+    parts.append(optax.sgd(schedule, momentum=opt_cfg.get("momentum", 0.9) or None,
+                           nesterov=bool(opt_cfg.get("nesterov", False))))
+  else:
+    parts.append(optax.adamw(schedule, b1=opt_cfg.get("b1", 0.9), b2=opt_cfg.get("b2", 0.999),
+                             eps=opt_cfg.get("eps", 1e-8), weight_decay=opt_cfg.weight_decay,
+                             mask=mask))
   if opt_cfg.get("layer_decay"):
     depth = max((layer_id(_path_str(p), 10**6) for p, _ in
                  traverse_util.flatten_dict(params).items() if "blocks_" in "/".join(p)),
