@@ -32,6 +32,7 @@ _STAGES = {
     "index": "kt_jax.stages.index:run",
     "retrieve": "kt_jax.stages.retrieve:run",
     "shipped_gallery": "kt_jax.stages.shipped_gallery:run",
+    "digg_generate": "kt_jax.stages.digg_generate:run",
 }
 
 SUMMARY_FILE = "summary.json"
