@@ -103,7 +103,7 @@ def _config(vqgan_path, transformer_path, kind="bottom", **kwargs):
            samples_per_image=3, batch_size=4, **kwargs)
   c.mask.kind = kind
   c.data.update(labels_per_class=2, val_per_class=1)  # 10 train digits -> 30 samples
-  c.contact_sheet.update(rows=3, samples=2)
+  c.contact_sheet.update(rows=0)  # drawn (matplotlib: seconds) by one test only
   return c
 
 
@@ -120,6 +120,8 @@ def models(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["bottom", "right", "box"])
 def test_stage_never_changes_visible_indices(models, tmp_path, kind):
   config = _config(*models, kind=kind)
+  if kind == "bottom":
+    config.contact_sheet.update(rows=3, samples=2)
   summary = stages.run(config, str(tmp_path))
   assert summary["generated"] == 30 and summary["batches"] == 8
   batches = sorted((tmp_path / "codes").iterdir())
@@ -141,7 +143,11 @@ def test_stage_never_changes_visible_indices(models, tmp_path, kind):
   assert len(records) == 30 and {r["sample"] for r in records} == {0, 1, 2}
   splits = json.load(open(tmp_path / "splits.json"))
   assert [r["source_id"] for r in records[::3]] == splits["train_ids"]
-  assert Image.open(tmp_path / "contact_sheet.png").size[0] == 64 * (3 + 2)
+  if kind == "bottom":  # original, reconstruction, visible part, 2 samples
+    assert Image.open(tmp_path / "contact_sheet.png").size == (64 * (3 + 2), 64 * 3)
+  np.testing.assert_array_equal(  # per-sample keys, computed batched
+      jax.random.key_data(digg_generate.sample_keys(0, np.array([3]), np.array([2]))[0]),
+      jax.random.key_data(digg_generate.sample_key(0, 3, 2)))
 
 
 def test_killed_run_resumes_to_the_same_images_and_is_skipped_when_done(models, tmp_path):
@@ -178,3 +184,49 @@ def test_killed_run_resumes_to_the_same_images_and_is_skipped_when_done(models, 
   stamp = os.path.getmtime(part / "images" / names_part[0])
   again = stages.run(_config(*models, kind="box"), str(part))
   assert again["generated"] == 30 and os.path.getmtime(part / "images" / names_part[0]) == stamp
+
+
+def _tiny_chain():
+  from kt_jax import digg_recipe
+  return digg_recipe.chain(digg_recipe.tiny_upstream(digg_recipe.sizes(True)), tiny=True)
+
+
+def test_digg_images_are_the_distillation_transfer_set(models, tmp_path):
+  """The tiny pipeline's wiring without its training: its digg stage (on the random models)
+  writes what its kd_* stages read, through the image-folder source."""
+  from kt_jax.data import builder
+  from kt_jax.stages import checks
+  chain = _tiny_chain()
+  assert chain.order[:2] == ("vqgan", "latent_transformer")
+  checks.check(chain)  # "{stage:digg}/images" is checked once the stage has run
+  gen = chain.stages.digg
+  gen.vqgan_path, gen.transformer_path = models
+  gen.contact_sheet.rows = 0
+  stages.run(gen, str(tmp_path / "digg"))
+  workdirs = {"digg": str(tmp_path / "digg"), "digg_small": str(tmp_path / "digg")}
+  n = 10 * (gen.data.labels_per_class - gen.data.val_per_class)
+  for name, expected in (("kd_digg", n * gen.samples_per_image), ("kd_raw", n)):
+    config = stages._substitute(chain.stages[name], workdirs)
+    assert config.distill.lambda_patch == 0 and config.distill.loss == "l2"
+    checks.check(config)
+    assert len(builder.build_source(config)) == expected
+  for name in ("kd_digg_ft", "kd_raw_ft", "kd_upstream_ft", "imagenet"):  # one split for all
+    ft = chain.stages[name]
+    assert (ft.data.task, ft.data.labels_per_class, ft.data.val_per_class, ft.data.split_seed) \
+        == (gen.data.task, gen.data.labels_per_class, gen.data.val_per_class,
+            gen.data.split_seed)
+    assert ft.report.dir == ".."
+
+
+@pytest.mark.slow
+def test_tiny_digg_pipeline_end_to_end(tmp_path):
+  """configs/digg_tiny.py:tiny trains everything (minutes on a loaded 2-core CPU: the
+  stages compile a VQGAN, a GAN step and five students) and writes one report row per
+  finetune."""
+  chain = _tiny_chain()
+  summary = stages.run(chain, str(tmp_path))
+  assert set(summary["stages"]) == set(chain.order)
+  rows = json.load(open(tmp_path / "report.json"))
+  assert len(rows) == 5 and len({r["transfer_set"] for r in rows}) == 5
+  assert (tmp_path / "digg" / "contact_sheet.png").exists()
+  assert len(os.listdir(tmp_path / "digg" / "images")) == 20 * 2

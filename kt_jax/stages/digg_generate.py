@@ -112,6 +112,12 @@ def sample_key(seed: int, image: int, sample: int):
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), image), sample)
 
 
+@jax.jit
+def sample_keys(seed, images, samples):
+  """`sample_key` of each (images[k], samples[k]) pair, as one (B,) key array."""
+  return jax.vmap(sample_key, in_axes=(None, 0, 0))(seed, images, samples)
+
+
 def batch_masks(config, grid, pairs) -> np.ndarray:
   """(B, h*w) visible masks of (image, sample) pairs; a box from (seed, image, sample)."""
   m = config.mask
@@ -212,7 +218,7 @@ def run(config, workdir: str) -> dict:
     chunk = pairs[b * batch:(b + 1) * batch]
     padded = chunk + [chunk[-1]] * (batch - len(chunk))  # one shape: one compilation
     image_ids = np.array([i for i, _ in padded])
-    keys = jnp.stack([sample_key(config.seed, i, j) for i, j in padded])
+    keys = sample_keys(config.seed, image_ids, np.array([j for _, j in padded]))
     visible = batch_masks(config, grid, padded)
     completed = complete(transformer, tf_variables, config, keys, codes[image_ids], visible)
     pixels = to_uint8(decode(vq_variables, jnp.asarray(completed.reshape(-1, *grid))))
@@ -262,13 +268,13 @@ def write_contact_sheet(config, workdir, inputs, decode, grid, codes) -> str:
   """Rows: the original (at image_size), its reconstruction (`decode`: (n, h, w) indices ->
   uint8 images), the visible part (masked region grey), then its first samples, read back
   from `images/`."""
-  from PIL import Image
-  from kt_jax.eval.contact_sheet import save_image_grid
   rows = min(config.contact_sheet.rows, len(codes))
   shown = min(config.contact_sheet.samples, config.samples_per_image)
   path = paths.join(workdir, SHEET_FILE)
   if not rows:
     return ""
+  from PIL import Image
+  from kt_jax.eval.contact_sheet import save_image_grid
   recon = decode(codes[:rows].reshape(-1, *grid))
   originals = to_uint8(inputs[:rows])
   cell = config.image_size // grid[0]
