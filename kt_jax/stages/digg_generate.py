@@ -151,8 +151,9 @@ def _decode(vqgan, variables, indices):
 
 def _write_png(path: str, image: np.ndarray) -> None:
   from PIL import Image
-  tmp = path + ".tmp.png"
-  Image.fromarray(np.ascontiguousarray(image)).save(tmp)
+  directory, name = os.path.split(path)
+  tmp = os.path.join(directory, f".{name}.tmp")  # hidden: never read as a transfer image
+  Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG")
   os.replace(tmp, path)  # a file is there whole or not at all
 
 
