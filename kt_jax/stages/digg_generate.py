@@ -175,8 +175,9 @@ def _originals(splits) -> tuple[list, list]:
           [int(r["label"]) for r in records])
 
 
-def encode_images(config, source, vqgan, variables) -> np.ndarray:
-  """(N, h*w) int32 code indices of `source`'s images resized to `image_size`."""
+def encode_images(config, source, vqgan, variables) -> tuple[np.ndarray, np.ndarray]:
+  """((N, h*w) int32 code indices, (N, size, size, 3) [-1, 1] images) of `source`'s images
+  resized to `image_size` (all at once: a few-shot split is small)."""
   images = builder.holdout_images(config, source)
   if len(images) != len(source):
     raise UserError(f"{len(source) - len(images)} downstream image(s) do not decode.")
