@@ -402,3 +402,31 @@ def shipped_gallery_config() -> ml_collections.ConfigDict:
   # The few-shot MNIST task kept out of the gallery (as the eval `mnist` task draws it).
   c.exclude_labels_per_class, c.exclude_test_per_class, c.exclude_seed = 10, 50, 0
   return c
+
+
+def digg_generate_config() -> ml_collections.ConfigDict:
+  """The `digg_generate` stage: each few-shot train image, partly masked on the VQGAN's code
+  grid and completed N times by the latent transformer (DIGG, One-to-Transfer-All)."""
+  c = ml_collections.ConfigDict()
+  c.stage = "digg_generate"
+  c.seed = 0                       # with (image, sample): each sample's key and box
+  c.vqgan_path = ""                # a vqgan stage's workdir or any kt_jax VQGAN directory
+  c.transformer_path = ""          # a latent_transformer stage's workdir (or its model/)
+  c.image_size = 32                # the VQGAN's input: the grid is image_size / downsampling
+  c.samples_per_image = 8          # N
+  c.batch_size = 64                # (image, sample) pairs completed per sampler call
+  c.stop_after_batches = 0         # >0: end this invocation after N batches, resumable
+  # bottom | right (half of the grid masked) | box (sides box_min..box_max of the grid's)
+  c.mask = ml_collections.ConfigDict({"kind": "bottom", "box_min": 0.25, "box_max": 0.5})
+  c.sampling = ml_collections.ConfigDict({"temperature": 1.0, "top_k": 0, "top_p": 1.0})
+  # The downstream images: the train split `finetune` draws with the same values.
+  c.data = ml_collections.ConfigDict()
+  c.data.task = "mnist"
+  c.data.task_options = ml_collections.ConfigDict({
+      "mnist": {"test_per_class": 50}, "photos": {"crops_per_photo": 24, "crop_size": 96}})
+  c.data.labels_per_class = 10
+  c.data.val_per_class = 2
+  c.data.split_seed = 0
+  c.data.mean, c.data.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # the VQGAN's [-1, 1]
+  c.contact_sheet = ml_collections.ConfigDict({"rows": 10, "samples": 8})
+  return c

@@ -84,6 +84,8 @@ def _check_path(data) -> None:
                     "--config.data.path=DIR")
   if "://" in data.path and not data.path.startswith("file://"):
     return  # a cloud path: checked when the source opens it
+  if "{stage:" in data.path:
+    return  # an earlier pipeline stage's output (e.g. DIGG's images): checked when it runs
   path = data.path.removeprefix("file://")
   if not os.path.exists(path):
     raise UserError(f"config.data.path={data.path} does not exist.")

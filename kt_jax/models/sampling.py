@@ -6,7 +6,13 @@ given prefix once through the parallel forward to fill the key/value cache and t
 `lax.fori_loop` of single-token steps; `cached=False` re-evaluates the whole sequence at every
 position (the reference the cached path is tested against, and the benchmark's baseline).
 The random draw at position t uses `fold_in(key, t)` in both, so both give identical indices
-for the same key.
+for the same key. `key` may also be one key per row (a (B,) key array): each row then draws
+from its own key, so a row's sample does not depend on which other rows share its batch
+(DIGG derives each sample's key from its image and sample number, making a resumed run
+equal to an uninterrupted one).
+
+`given` (bool, (B, seq_len) or (seq_len,)) forces more positions than the prefix: a visible
+index after a masked one (DIGG's right-half or box masks) is fed from `prefix`, not drawn.
 """
 import functools
 from typing import Any
@@ -47,6 +53,24 @@ def sample_logits(key, logits, temperature: float = 1.0, top_k: int = 0, top_p: 
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+def _drawer(key, temperature: float, top_k: int, top_p: float):
+  """draw(position, (B, V) logits) -> (B,) indices from `key` (one key, or one per row)."""
+  draw = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 1:
+    return lambda position, logits: jax.vmap(
+        lambda k, row: draw(jax.random.fold_in(k, position), row))(key, logits)
+  return lambda position, logits: draw(jax.random.fold_in(key, position), logits)
+
+
+def _forced(new, tokens, position, given):
+  """`new` where the position is free, the prefix's index where `given` forces it."""
+  if given is None:
+    return new
+  keep = jax.lax.dynamic_index_in_dim(given, position, axis=1, keepdims=False)
+  current = jax.lax.dynamic_index_in_dim(tokens, position, axis=1, keepdims=False)
+  return jnp.where(keep, current, new)
+
+
 def _start(module: LatentTransformer, batch: int, condition):
   if condition is None:
     return jnp.full((batch,), module.vocab_size, jnp.int32)
@@ -62,21 +86,25 @@ def _check(module: LatentTransformer, prefix) -> None:
                                              "cached"))
 def sample(module: LatentTransformer, params: Any, key, prefix, num_given=0, condition=None,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           cached: bool = True):
+           cached: bool = True, given=None):
   """(B, seq_len) int32 indices: prefix[:, :num_given] kept, the rest sampled in raster order.
 
   `params` is the model's variables ({'params': ...}); `prefix` (B, seq_len) int (its values
-  at positions >= num_given are ignored); `num_given` may be traced; `condition` (B,) class
-  ids or None.
+  at positions >= num_given are ignored unless `given` forces them); `num_given` may be
+  traced; `condition` (B,) class ids or None; `key` one key or a (B,) array of keys, one per
+  row; `given` None or a bool mask, (B, seq_len) or (seq_len,): positions >= num_given where
+  it is True keep the prefix's index (fed to the model as it goes, never drawn).
   """
   _check(module, prefix)
   prefix = prefix.astype(jnp.int32)
-  draw = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+  draw = _drawer(key, temperature, top_k, top_p)
+  if given is not None:
+    given = jnp.broadcast_to(jnp.asarray(given, bool), prefix.shape)
   if not cached:
     def naive(position, tokens):
       logits = module.apply(params, tokens, condition)
       logits = jax.lax.dynamic_index_in_dim(logits, position, axis=1, keepdims=False)
-      new = draw(jax.random.fold_in(key, position), logits)
+      new = _forced(draw(position, logits), tokens, position, given)
       return jax.lax.dynamic_update_index_in_dim(tokens, new, position, axis=1)
     return jax.lax.fori_loop(num_given, module.seq_len, naive, prefix)
 
@@ -91,7 +119,7 @@ def sample(module: LatentTransformer, params: Any, key, prefix, num_given=0, con
                                             keepdims=False)
     token = jnp.where(position == 0, start, previous)
     logits, cache = module.apply(params, token, position, cache, method=module.step)
-    new = draw(jax.random.fold_in(key, position), logits)
+    new = _forced(draw(position, logits), tokens, position, given)
     return jax.lax.dynamic_update_index_in_dim(tokens, new, position, axis=1), cache
 
   return jax.lax.fori_loop(num_given, module.seq_len, cached_step, (prefix, cache))[0]

@@ -34,6 +34,7 @@ _STAGES = {
     "shipped_gallery": "kt_jax.stages.shipped_gallery:run",
     "rerepresent": "kt_jax.stages.rerepresent:run",
     "select": "kt_jax.stages.select:run",
+    "digg_generate": "kt_jax.stages.digg_generate:run",
 }
 
 SUMMARY_FILE = "summary.json"

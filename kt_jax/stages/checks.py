@@ -218,8 +218,8 @@ def check_transfer_set(config) -> None:
   """An image folder given as the transfer set holds at least one readable image: files are
   decoded in order until one is, so a good folder costs one decode."""
   data = config.data
-  if data.source != "image_folder" or not data.get("path") or "://" in data.path.replace(
-      "file://", ""):
+  if (data.source != "image_folder" or not data.get("path") or is_deferred(data.path)
+      or "://" in data.path.replace("file://", "")):
     return
   from kt_jax.data import sources, transforms
   files, _, _, _ = sources.list_image_folder(data.path.removeprefix("file://"))

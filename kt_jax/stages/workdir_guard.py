@@ -22,6 +22,7 @@ RESULT_NEUTRAL_KEYS = (
     "async_checkpoints",
     "stop_after_steps",         # ending an invocation early: how a long run is resumed
     "stop_after_shards",        # the same for the embed stage
+    "stop_after_batches",       # the same for the digg_generate stage
     "log_sample_ids",
     "eval.batch_size",          # inference batching: memory, not results
     "mesh",                     # placement over devices; 1 and 8 devices agree (tested)
