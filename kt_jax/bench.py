@@ -128,7 +128,10 @@ def check(config, input_workers=()) -> None:
 
 def _analytic_train_flops(objective, b: int, s: int) -> float | None:
   """Forward FLOPs x3 for what trains (forward + ~2x backward), x1 for the frozen teacher;
-  None unless every network is a ViT (for CNNs XLA's count is the only one)."""
+  None unless every network is a ViT (for CNNs XLA's count is the only one) or the objective
+  has no student/teacher pair (the VQGAN's)."""
+  if not (hasattr(objective, "student") and hasattr(objective, "teacher")):
+    return None
   student = getattr(objective.student, "backbone", objective.student)
   teacher = getattr(objective.teacher, "backbone", objective.teacher)
   if not (isinstance(student, VisionTransformer) and isinstance(teacher, VisionTransformer)):

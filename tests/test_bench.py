@@ -58,6 +58,26 @@ def test_compare_runs_ours_and_the_reference_in_one_invocation(tmp_path):
       row["ours"]["images_per_s"] / row["reference"]["eager"]["images_per_s"])
 
 
+@pytest.mark.slow  # compiles MobileNetV2 + EfficientNet-Lite2, or the VQGAN + PatchGAN + Lite0
+@pytest.mark.parametrize("case", ["task_distill_mnist_toy", "vqgan_toy"])
+def test_compare_task_transfer_and_vqgan_cases_at_toy_size(tmp_path, case):
+  """The two config-derived cases: our step and the torch reference both run, and the
+  reference is built from the same config (its sizes and options read from ours)."""
+  from test_configs import load as load_file
+  compare = load_file(os.path.join(ROOT, "benchmarks", "compare.py"))
+  row = compare.main(["--case", case, "--steps", "1", "--warmup", "1", "--no-compile",
+                      "--json", str(tmp_path / "row.json")])
+  ours, ref = row["ours"], row["reference"]["eager"]
+  assert ours["images_per_s"] > 0 and ref["images_per_s"] > 0
+  assert ours["batch"] == ref["batch"] == 4
+  if case == "vqgan_toy":
+    assert ref["step"] == "vqgan" and ref["perceptual"] and ref["image_size"] == 16
+  else:
+    assert ref["step"] == "task_transfer" and ref["temperature"] == 2.0
+  assert row["ratio_vs_best_reference"] == pytest.approx(
+      ours["images_per_s"] / ref["images_per_s"])
+
+
 def test_input_pipeline_benchmark_folder_and_arrayrecord(tmp_path):
   """Decoded, augmented images/s from a JPEG folder and its ArrayRecord copy, per worker
   count, with a corrupt file counted rather than fatal."""
