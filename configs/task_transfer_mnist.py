@@ -34,10 +34,9 @@ def get_config(arg: str = ""):
   transfer set) and "sizes=250/500/1000" (adds in-domain distillation on fewer images)."""
   if arg == "tiny":
     return task_transfer_recipe.chain("mnist", tiny=True)
-  options = dict(part.split("=", 1) for part in arg.split(",") if "=" in part)
-  unknown = set(options) - {"retrieved", "sizes"} or (
-      {arg} if arg and "=" not in arg else set())
-  if unknown:
+  parts = [part for part in arg.split(",") if part]
+  options = dict(part.split("=", 1) for part in parts if "=" in part)
+  if len(options) != len(parts) or set(options) - {"retrieved", "sizes"}:
     raise ValueError(f"Unknown variant {arg!r}: '', 'tiny', 'retrieved=<manifest.jsonl>', "
                      "'sizes=250/500/1000' or both, comma-separated.")
   sizes = tuple(int(n) for n in options.get("sizes", "").split("/") if n)
