@@ -146,18 +146,16 @@ def chain(task: str, tiny: bool = False, retrieved: str = "",
     vfm.total_steps = s["vfm_steps"]
   add("vfm", vfm)
   teacher_name = "vfm (finetuned " + (VFM if not tiny else "vit_tiny") + ")"
-  for kind in ("indomain", "generic") + (("retrieved",) if retrieved else ()):
-    add(f"td_{kind}", distill_task(task, s, kind, tiny, retrieved))
-    add(f"td_{kind}_ft", finetune(
-        task, s, "task-oriented distillation + finetune", path=f"{{stage:td_{kind}}}/model",
-        size=s["student"], teacher=teacher_name, transfer=TRANSFER[kind], student=student_name))
-  for n in transfer_sizes:
-    sized = dict(s, transfer=int(n))
-    add(f"td_indomain_{n}", distill_task(task, sized, "indomain", tiny))
-    add(f"td_indomain_{n}_ft", finetune(
-        task, s, "task-oriented distillation + finetune", path=f"{{stage:td_indomain_{n}}}/model",
-        size=s["student"], teacher=teacher_name, transfer=f"in-domain, {n} images",
-        student=student_name))
+  # (stage name, sizes for its distillation, transfer kind, the report's transfer column)
+  distillations = [(f"td_{kind}", s, kind, TRANSFER[kind]) for kind in
+                   ("indomain", "generic") + (("retrieved",) if retrieved else ())]
+  distillations += [(f"td_indomain_{n}", dict(s, transfer=int(n)), "indomain",
+                     f"in-domain, {n} images") for n in transfer_sizes]
+  for name, sizes, kind, transfer in distillations:
+    add(name, distill_task(task, sizes, kind, tiny, retrieved))
+    add(f"{name}_ft", finetune(
+        task, s, "task-oriented distillation + finetune", path=f"{{stage:{name}}}/model",
+        size=s["student"], teacher=teacher_name, transfer=transfer, student=student_name))
   for kind in ("indomain", "generic"):
     add(f"fd_{kind}", distill_feature(task, s, kind, tiny))
     add(f"fd_{kind}_ft", finetune(
