@@ -404,6 +404,21 @@ def shipped_gallery_config() -> ml_collections.ConfigDict:
   return c
 
 
+def domain_gap_config() -> ml_collections.ConfigDict:
+  """The `domain_gap` stage: FD between a reference image set and other sets (folders or the
+  shipped upstream crops) in one frozen model's features (One-to-Transfer-All's check)."""
+  c = ml_collections.ConfigDict()
+  c.stage = "domain_gap"
+  c.model = "efficientnet_lite0"   # the feature model (anything convert.load_pretrained reads)
+  c.image_size = 0                 # 0: the model's own input size
+  c.batch_size = 64
+  c.reference = ""                 # a folder, e.g. "{stage:digg}/originals"
+  c.sets = ml_collections.ConfigDict()  # name -> folder or "upstream"
+  c.data = ml_collections.ConfigDict({"pool_size": 0, "pool_crop_size": 32})  # "upstream"
+  c.report = ml_collections.ConfigDict({"dir": "..", "reference_label": ""})
+  return c
+
+
 def digg_generate_config() -> ml_collections.ConfigDict:
   """The `digg_generate` stage: each few-shot train image, partly masked on the VQGAN's code
   grid and completed N times by the latent transformer (DIGG, One-to-Transfer-All)."""

@@ -127,11 +127,12 @@ def imagenet_student(s: dict, tiny: bool) -> ml_collections.ConfigDict:
 
 def add_digg(stages: ml_collections.ConfigDict, order: list, s: dict, tiny: bool, *,
              teacher: str = "", teacher_label: str = "", prefix: str = "",
-             baselines: bool = True) -> None:
+             baselines: bool = True, digg_sets: tuple = ("digg_small", "digg")) -> None:
   """Appends DIGG at two sizes (generation, distillation, finetune) and, with `baselines`,
   KD on the few raw images, KD on upstream images and the ImageNet student. Stage names get
-  `prefix` (e.g. "irf_" for IRF-DIGG with `teacher="{stage:irf}/model"`); the generation
-  stages are shared when already in `order`."""
+  `prefix` (e.g. "irf_" for IRF-DIGG with `teacher="{stage:calibrate}/model"`); the
+  generation stages are shared when already in `order`; `digg_sets` picks the DIGG sizes
+  distilled on."""
   teacher_label = teacher_label or ("vit_tiny (random)" if tiny else TEACHER + " (ImageNet)")
 
   def add(name, config):
@@ -142,9 +143,8 @@ def add_digg(stages: ml_collections.ConfigDict, order: list, s: dict, tiny: bool
     if gen not in order:
       add(gen, generate(s, n))
   n_images = s["labels"] - s["val"]
-  rows = [("kd_digg_small", "{stage:digg_small}/images",
-           f"DIGG, {n_images * 10} images x {s['digg_small']}"),
-          ("kd_digg", "{stage:digg}/images", f"DIGG, {n_images * 10} images x {s['digg']}")]
+  rows = [("kd_" + gen, f"{{stage:{gen}}}/images",
+           f"DIGG, {n_images * 10} images x {s[gen]}") for gen in digg_sets]
   if baselines:
     rows += [("kd_raw", "{stage:digg}/originals", f"the {n_images * 10} few-shot images only"),
              ("kd_upstream", "upstream", f"upstream: {s['upstream']} shipped natural crops")]

@@ -126,34 +126,46 @@ def sweep(add, prefix: str, lrs, wds, make, chosen_method: str) -> str:
 
 
 def irf_stages(add, s: dict, vfm_path: str = VFM, vfm_name: str = "", vfm_overrides=None,
-               vfm_label: str = VFM, baselines: bool = True) -> None:
+               vfm_label: str = VFM, baselines: bool = True, prefix: str = "",
+               image_size: int = 0, rerepresent_stage: bool = True,
+               method_prefix: str = "") -> None:
   """Adds the IRF stages (and, with `baselines`, LP and FT) to a pipeline through
-  `add(name, config)`; `s` holds the sizes (see configs/irf_tiny.py)."""
+  `add(name, config)`; `s` holds the sizes (see configs/irf_tiny.py).
+
+  `prefix` names the stages (`<prefix>deliver`, `<prefix>calibrate`, ...) so that one pipeline
+  can hold IRF of several models (DIGG-IRF: IRF of a distilled student); `image_size` (0:
+  `s["vfm_size"]`) is the model's input size; `rerepresent_stage=False` reuses the pipeline's
+  `rerepresent` stage (the re-represented images do not depend on the model);
+  `method_prefix` starts the report's method names (e.g. "DIGG-IRF: ")."""
   task = dict(task=s["task"], labels=s["labels"], val=s["val"],
               test_per_class=s["test_per_class"])
-  common = dict(steps=s["steps"], batch=s["batch"], image_size=s["vfm_size"],
+  common = dict(steps=s["steps"], batch=s["batch"], image_size=image_size or s["vfm_size"],
                 test_per_class=s["test_per_class"])
   vfm = dict(path=vfm_path, name=vfm_name, overrides=vfm_overrides, student=vfm_label)
-  add("rerepresent", rerepresent(s["task"], s["labels"], s["val"],
-                                 test_per_class=s["test_per_class"]))
+  if rerepresent_stage:
+    add("rerepresent", rerepresent(s["task"], s["labels"], s["val"],
+                                   test_per_class=s["test_per_class"]))
   wd3 = (1e-5,)  # stage 3's weight decay (4.1.1)
-  sweep(add, "deliver", s["stage3_lrs"], wd3, lambda lr, wd: sgd_finetune(
+  deliver = sweep(add, prefix + "deliver", s["stage3_lrs"], wd3, lambda lr, wd: sgd_finetune(
       task["task"], task["labels"], task["val"], mode="linear_probe", lr=lr, weight_decay=wd,
       train_images="{stage:rerepresent}", transfer="re-represented train images", **vfm,
       **common),
-      "IRF stage 3 only (delivering: frozen VFM, head on re-represented images)")
-  sweep(add, "calibrate", s["stage4_lrs"], s["stage4_wds"], lambda lr, wd: sgd_finetune(
+      f"{method_prefix}IRF stage 3 only (delivering: frozen backbone, head on re-represented "
+      "images)")
+  sweep(add, prefix + "calibrate", s["stage4_lrs"], s["stage4_wds"], lambda lr, wd: sgd_finetune(
       task["task"], task["labels"], task["val"], mode="full", lr=lr, weight_decay=wd,
-      path="{stage:deliver}/model", student=vfm_label, transfer="original train images",
-      **common), "IRF (delivering + calibrating)")
+      path=f"{{stage:{deliver}}}/model", student=vfm_label, transfer="original train images",
+      **common), f"{method_prefix}IRF (delivering + calibrating)")
   if not baselines:
     return
-  sweep(add, "lp", s["stage3_lrs"], wd3, lambda lr, wd: sgd_finetune(
+  sweep(add, prefix + "lp", s["stage3_lrs"], wd3, lambda lr, wd: sgd_finetune(
       task["task"], task["labels"], task["val"], mode="linear_probe", lr=lr, weight_decay=wd,
-      transfer="original train images", **vfm, **common), "LP (linear probe of the VFM)")
-  sweep(add, "ft", s["stage4_lrs"], s["stage4_wds"], lambda lr, wd: sgd_finetune(
+      transfer="original train images", **vfm, **common),
+      f"{method_prefix}LP (linear probe of the VFM)")
+  sweep(add, prefix + "ft", s["stage4_lrs"], s["stage4_wds"], lambda lr, wd: sgd_finetune(
       task["task"], task["labels"], task["val"], mode="full", lr=lr, weight_decay=wd,
-      transfer="original train images", **vfm, **common), "FT (finetune of the VFM)")
+      transfer="original train images", **vfm, **common),
+      f"{method_prefix}FT (finetune of the VFM)")
 
 
 def pipeline(stages: ml_collections.ConfigDict, order: list) -> ml_collections.ConfigDict:
@@ -173,4 +185,57 @@ def irf(s: dict, vqgan: ml_collections.ConfigDict, **vfm) -> ml_collections.Conf
     order.append(name)
   add("vqgan", vqgan)
   irf_stages(add, s, **vfm)
+  return pipeline(stages, order)
+
+
+def ota(s: dict, upstream: tuple, tiny: bool = False, fd_model: str = "efficientnet_lite0",
+        fd_image_size: int = 0, **vfm) -> ml_collections.ConfigDict:
+  """The whole One-to-Transfer-All experiment as one pipeline (configs/ota_tiny.py):
+
+    vqgan, latent_transformer         upstream only (the shipped natural crops)
+    IRF + LP/FT baselines             `irf_stages` on the VFM (row "IRF" is `calibrate`)
+    DIGG + Table 5's baselines        `digg_recipe.add_digg`: KD from the ImageNet VFM on
+                                      DIGG x2 sizes, the few raw images, upstream images;
+                                      the ImageNet student
+    IRF-DIGG                          KD from the IRF teacher on DIGG, then FT (`irf_kd_digg_ft`)
+                                      and LP+FT (`irf_kd_digg_lpft`, the paper's Table 11)
+    DIGG-IRF                          IRF (deliver + calibrate) of the student KD'd on DIGG
+                                      from the ImageNet VFM (`digg_irf_calibrate`)
+    domain_gap                        FD of raw upstream, re-represented and DIGG images to
+                                      the downstream train images
+
+  `s`: irf sizes (configs/irf_tiny.py's keys) plus digg_recipe.sizes' keys; `upstream`:
+  (vqgan config, latent_transformer config); `vfm`: irf_stages' vfm_* arguments (the model
+  IRF, LP and FT finetune; the KD teacher is digg_recipe's)."""
+  from kt_jax import digg_recipe
+  stages, order = ml_collections.ConfigDict(), []
+
+  def add(name, config):
+    stages[name] = config
+    order.append(name)
+  add("vqgan", upstream[0])
+  add("latent_transformer", upstream[1])
+  irf_stages(add, s, **vfm)
+  digg_recipe.add_digg(stages, order, s, tiny)
+  teacher_label = f"IRF {VFM} (calibrate)" if not tiny else "IRF vit_tiny (calibrate)"
+  digg_recipe.add_digg(stages, order, s, tiny, teacher="{stage:calibrate}/model",
+                       teacher_label=teacher_label, prefix="irf_", baselines=False,
+                       digg_sets=("digg",))
+  lpft = digg_recipe.finetune(s, "irf_kd_digg", "feature KD (L2) + LP+FT", stages.irf_kd_digg_ft
+                              .report.transfer_set, teacher_label, tiny)
+  lpft.finetune.update(mode="lp_ft", probe_steps=max(1, s["ft_steps"] // 2))
+  add("irf_kd_digg_lpft", lpft)
+  student = digg_recipe.student_name(tiny)
+  irf_stages(add, s, vfm_path="{stage:kd_digg}/model", vfm_label=f"{student} (KD on DIGG)",
+             baselines=False, prefix="digg_irf_", image_size=s["student"],
+             rerepresent_stage=False, method_prefix="DIGG-IRF: ")
+  gap = config_defaults.domain_gap_config()
+  gap.model, gap.image_size = fd_model, fd_image_size
+  gap.reference = "{stage:digg}/originals"
+  gap.report.reference_label = "downstream train images"
+  gap.sets = ml_collections.ConfigDict({
+      "raw upstream": "upstream", "re-represented": "{stage:rerepresent}/images",
+      "DIGG": "{stage:digg}/images"})
+  gap.data.update(pool_size=s["upstream"], pool_crop_size=s["gen_size"])
+  add("domain_gap", gap)
   return pipeline(stages, order)

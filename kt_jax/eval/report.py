@@ -38,6 +38,8 @@ COLUMNS = ("method", "teacher", "student", "transfer_set", "task", "labels_per_c
            "val", "test", "student_params", "student_flops", "pretrain_images",
            "pretrain_flops", "finetune_images", "finetune_flops")
 REQUIRED = ("method", "metric", "test")
+FD_METRIC = "fd"   # a domain-gap row: `test` holds the Frechet distance (stages/domain_gap.py)
+FD_COLUMNS = ("reference", "transfer_set", "teacher", "test")
 
 
 def read_rows(report_dir: str) -> list[dict]:
@@ -74,16 +76,34 @@ def _cell(key: str, value) -> str:
   return str(value)
 
 
-def markdown(rows: list[dict]) -> str:
-  header = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+def _table(rows: list[dict], columns, cell=_cell, names=None) -> str:
+  header = "| " + " | ".join(names or columns) + " |\n|" + "---|" * len(columns) + "\n"
   return header + "".join(
-      "| " + " | ".join(_cell(k, r.get(k)) for k in COLUMNS) + " |\n" for r in rows)
+      "| " + " | ".join(cell(k, r.get(k)) for k in columns) + " |\n" for r in rows)
+
+
+def _fd_cell(key: str, value) -> str:
+  return f"{value:.4g}" if key == "test" and isinstance(value, (int, float)) else _cell(key, value)
+
+
+def markdown(rows: list[dict]) -> str:
+  """The models' table; domain-gap rows (metric "fd", from the `domain_gap` stage) follow in
+  a table of their own, FD in the `test` column."""
+  models = [r for r in rows if r.get("metric") != FD_METRIC]
+  gaps = [r for r in rows if r.get("metric") == FD_METRIC]
+  text = _table(models, COLUMNS)
+  if gaps:
+    text += ("\nDomain gap: Frechet distance to the reference images in the model's features "
+             "(lower: closer; sizes in parentheses)\n\n")
+    text += _table(gaps, FD_COLUMNS, _fd_cell, ("reference", "set", "model", "FD"))
+  return text
 
 
 def plot(rows: list[dict], out_path: str) -> str | None:
   """Test metric against pretraining FLOPs, one line per (method, transfer set); models
   without pretraining compute (scratch: 0, or unknown) are drawn as horizontal lines."""
-  scored = [r for r in rows if isinstance(r.get("test"), (int, float))]
+  scored = [r for r in rows if isinstance(r.get("test"), (int, float))
+            and r.get("metric") != FD_METRIC]
   if not scored:
     return None
   import matplotlib

@@ -35,6 +35,7 @@ _STAGES = {
     "rerepresent": "kt_jax.stages.rerepresent:run",
     "select": "kt_jax.stages.select:run",
     "digg_generate": "kt_jax.stages.digg_generate:run",
+    "domain_gap": "kt_jax.stages.domain_gap:run",
 }
 
 SUMMARY_FILE = "summary.json"

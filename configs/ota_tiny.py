@@ -1,0 +1,73 @@
+"""One-to-Transfer-All end to end on 10-shot MNIST, every row of the paper's comparisons, on a
+2-core CPU in about 20 minutes:
+
+  python -m kt_jax.main --config=configs/ota_tiny.py --workdir=workdirs/ota_tiny
+  python -m kt_jax.main --config=configs/ota_tiny.py:tiny --workdir=/tmp/ota   # toy, for tests
+
+One pipeline (kt_jax/ota_recipe.py `ota`; every stage in `<workdir>/<name>/`):
+  vqgan, latent_transformer   a 32 px VQGAN (8x8 grid of 256 codes) and a 2-block GPT over
+                              its codes, trained on the shipped natural crops only (upstream)
+  rerepresent, deliver, calibrate   IRF of the shipped ImageNet EfficientNet-Lite2 (64 px)
+  lp, ft                      its linear probe and finetune on the original digits
+  digg, digg_small            each of the 80 train digits, bottom half completed 16 / 4 times
+  kd_* + *_ft                 MobileNetV2 (32 px, from scratch) distilled (L2 on the pooled
+                              feature) from the ImageNet VFM on DIGG x16, DIGG x4, the 80 raw
+                              digits, upstream crops; then finetuned on the 10-shot labels
+  imagenet                    MobileNetV2 from its ImageNet weights, finetuned
+  irf_kd_digg + _ft, _lpft    IRF-DIGG: distilled from the IRF teacher on DIGG x16, then FT or
+                              LP+FT
+  digg_irf_deliver/calibrate  DIGG-IRF: IRF of the student distilled on DIGG from the ImageNet VFM
+  domain_gap                  FD (EfficientNet-Lite0 features) of raw upstream crops,
+                              re-represented digits and DIGG images to the 80 train digits
+`<workdir>/report.md` holds every row (val and test top-1 on 500 held-out digits) and the FD
+table; `<workdir>/sweep/report.md` the IRF grid points. The budgets are a CPU's, not the
+paper's: single learning rates where the paper sweeps (configs/irf_tiny.py:paper sweeps), 60
+steps per teacher finetune, 150 per distillation. The README's OTA section has the measured
+table.
+"""
+from kt_jax import config_defaults, digg_recipe, ota_recipe
+
+# The upstream generative models, small enough to train here in a few minutes.
+VQGAN_STEPS, TRANSFORMER_STEPS = 300, 400
+TRANSFORMER = {"width": 96, "depth": 2, "num_heads": 4}
+
+
+def sizes(tiny: bool) -> dict:
+  s = digg_recipe.sizes(tiny)
+  if tiny:
+    s.update(task="mnist", test_per_class=3, vfm_size=s["teacher"], steps=2,
+             stage3_lrs=(0.1,), stage4_lrs=(1e-2,), stage4_wds=(1e-4,))
+    return s
+  s.update(task="mnist", test_per_class=50, vfm_size=s["teacher"], steps=60,
+           stage3_lrs=(0.1,), stage4_lrs=(1e-2,), stage4_wds=(1e-5,),
+           distill_steps=150, ft_steps=100)
+  return s
+
+
+def upstream(s: dict):
+  """(vqgan, latent_transformer) configs: configs/vqgan_tiny.py's VQGAN for fewer steps, and a
+  smaller transformer than configs/latent_transformer_tiny.py's."""
+  vq = ota_recipe.vqgan_tiny_config()
+  vq.update(total_steps=VQGAN_STEPS, eval_every_steps=100, checkpoint_every_steps=VQGAN_STEPS,
+            log_every_steps=20)
+  vq.loss.disc_start = VQGAN_STEPS // 2
+  lt = config_defaults.latent_transformer_config()
+  lt.update(vqgan_path="{stage:vqgan}", batch_size=64, total_steps=TRANSFORMER_STEPS,
+            log_every_steps=20, eval_every_steps=TRANSFORMER_STEPS,
+            checkpoint_every_steps=TRANSFORMER_STEPS, image_size=s["gen_size"])
+  lt.transformer.overrides = dict(TRANSFORMER)
+  lt.data.update(pool_size=1024, pool_crop_size=48)
+  return vq, lt
+
+
+def get_config(arg: str = ""):
+  if arg not in ("", "tiny"):
+    raise ValueError(f"configs/ota_tiny.py takes '' or 'tiny', not {arg!r}.")
+  tiny = arg == "tiny"
+  s = sizes(tiny)
+  if tiny:
+    return ota_recipe.ota(s, digg_recipe.tiny_upstream(s), tiny=True,
+                          fd_model="random:resnet18", fd_image_size=32, vfm_path="",
+                          vfm_name="resnet18", vfm_overrides=digg_recipe.TINY_STUDENT,
+                          vfm_label="resnet18 (tiny, random)")
+  return ota_recipe.ota(s, upstream(s))
