@@ -140,7 +140,7 @@ def add_digg(stages: ml_collections.ConfigDict, order: list, s: dict, tiny: bool
     order.append(name)
 
   for gen, n in (("digg_small", s["digg_small"]), ("digg", s["digg"])):
-    if gen not in order:
+    if gen in digg_sets and gen not in order:
       add(gen, generate(s, n))
   n_images = s["labels"] - s["val"]
   rows = [("kd_" + gen, f"{{stage:{gen}}}/images",

@@ -195,7 +195,7 @@ def ota(s: dict, upstream: tuple, tiny: bool = False, fd_model: str = "efficient
     vqgan, latent_transformer         upstream only (the shipped natural crops)
     IRF + LP/FT baselines             `irf_stages` on the VFM (row "IRF" is `calibrate`)
     DIGG + Table 5's baselines        `digg_recipe.add_digg`: KD from the ImageNet VFM on
-                                      DIGG x2 sizes, the few raw images, upstream images;
+                                      DIGG, the few raw images, upstream images;
                                       the ImageNet student
     IRF-DIGG                          KD from the IRF teacher on DIGG, then FT (`irf_kd_digg_ft`)
                                       and LP+FT (`irf_kd_digg_lpft`, the paper's Table 11)
@@ -216,7 +216,7 @@ def ota(s: dict, upstream: tuple, tiny: bool = False, fd_model: str = "efficient
   add("vqgan", upstream[0])
   add("latent_transformer", upstream[1])
   irf_stages(add, s, **vfm)
-  digg_recipe.add_digg(stages, order, s, tiny)
+  digg_recipe.add_digg(stages, order, s, tiny, digg_sets=("digg",))
   teacher_label = f"IRF {VFM} (calibrate)" if not tiny else "IRF vit_tiny (calibrate)"
   digg_recipe.add_digg(stages, order, s, tiny, teacher="{stage:calibrate}/model",
                        teacher_label=teacher_label, prefix="irf_", baselines=False,

@@ -41,3 +41,19 @@ def test_weight_inheritance_copies_and_slices():
   np.testing.assert_array_equal(out["c"], np.zeros((5, 2)))  # teacher smaller in a dim: kept
   np.testing.assert_array_equal(out["d"], np.ones(2))  # absent in the teacher: kept
   assert counts == {"copied": 1, "sliced": 1, "kept": 2}
+
+
+def test_pipeline_caches_compiled_programs_in_its_workdir_unless_told_otherwise(tmp_path):
+  import jax
+  from kt_jax import stages
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    jax.config.update("jax_compilation_cache_dir", None)
+    assert stages.use_compilation_cache("gs://bucket/run") is None  # local workdirs only
+    got = stages.use_compilation_cache(str(tmp_path))
+    assert got == str(tmp_path / stages.COMPILATION_CACHE_DIR)
+    assert jax.config.jax_compilation_cache_dir == got
+    # A cache the user chose (or an earlier pipeline of this process) is kept.
+    assert stages.use_compilation_cache(str(tmp_path / "other")) == got
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)

@@ -117,6 +117,25 @@ def _substitute(config, workdirs: dict):
   return config
 
 
+COMPILATION_CACHE_DIR = "xla_cache"
+
+
+def use_compilation_cache(workdir: str) -> str | None:
+  """Points JAX's persistent compilation cache at `<workdir>/xla_cache` unless one is set
+  (`JAX_COMPILATION_CACHE_DIR` or `jax.config`): a pipeline's stages often compile the very
+  same programs (every student finetune of a report has one train step), and a cached one
+  loads in about a second instead of compiling again (20 s for a MobileNetV2 train step on
+  a 2-core CPU). Local workdirs only. Returns the directory in use."""
+  import jax
+  current = jax.config.jax_compilation_cache_dir
+  if current or "://" in workdir:
+    return current
+  cache = os.path.join(workdir, COMPILATION_CACHE_DIR)
+  jax.config.update("jax_compilation_cache_dir", cache)
+  logging.info("Compiled programs are cached in %s (shared by the pipeline's stages).", cache)
+  return cache
+
+
 def run_pipeline(config, workdir: str) -> dict:
   """Runs `config.stages` (name -> stage config) in `config.order`, each in workdir/<name>.
 
@@ -125,6 +144,7 @@ def run_pipeline(config, workdir: str) -> dict:
   missing = set(config.stages) ^ set(config.order)
   if missing:
     raise ValueError(f"config.order and config.stages name different stages: {sorted(missing)}")
+  use_compilation_cache(workdir)
   workdirs, summaries = {}, {}
   for name in config.order:
     stage_config = config.stages[name]
