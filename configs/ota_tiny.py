@@ -3,6 +3,8 @@
 
   python -m kt_jax.main --config=configs/ota_tiny.py --workdir=workdirs/ota_tiny
   python -m kt_jax.main --config=configs/ota_tiny.py:tiny --workdir=/tmp/ota   # toy, for tests
+  # then, on the finished workdir, only the added stages run (the distillation budget):
+  python -m kt_jax.main --config=configs/ota_tiny.py:kd_steps=800 --workdir=workdirs/ota_tiny
 
 One pipeline (kt_jax/ota_recipe.py `ota`; every stage in `<workdir>/<name>/`):
   vqgan, latent_transformer   a 32 px VQGAN (8x8 grid of 256 codes) and a 2-block GPT over
@@ -20,6 +22,9 @@ One pipeline (kt_jax/ota_recipe.py `ota`; every stage in `<workdir>/<name>/`):
   digg_irf_deliver/calibrate  DIGG-IRF: IRF of the student distilled on DIGG from the ImageNet VFM
   domain_gap                  FD (EfficientNet-Lite0 features) of raw upstream crops,
                               re-represented digits and DIGG images to the 80 train digits
+`:kd_steps=N` adds `kd_digg_<N>`, `kd_raw_<N>` (+ `_ft`: the same KD for N steps), `scratch`
+(the student finetuned from a random init) and `kd_digg_sgd_ft` (the DIGG-distilled student
+finetuned with IRF's SGD recipe, without IRF's stage 3) to the same pipeline.
 `<workdir>/report.md` holds every row (val and test top-1 on 500 held-out digits) and the FD
 table; `<workdir>/sweep/report.md` the IRF grid points. The budgets are a CPU's, not the
 paper's: single learning rates where the paper sweeps (configs/irf_tiny.py:paper sweeps), 60
@@ -27,6 +32,7 @@ steps per teacher finetune, 200 per distillation, 100 per student finetune. The 
 table.
 """
 from kt_jax import config_defaults, digg_recipe, ota_recipe
+from kt_jax import task_transfer_recipe as ttr
 
 # The upstream generative models, small enough to train here in a few minutes.
 VQGAN_STEPS, TRANSFORMER_STEPS = 300, 400
@@ -65,9 +71,44 @@ def upstream(s: dict):
   return vq, lt
 
 
+def add_kd_budget(config, s: dict, steps: int):
+  """Adds KD on DIGG and on the raw images for `steps` steps (each then finetuned) and the
+  student from scratch: does distillation need more steps than the default 200?"""
+  stages, order = config.stages, list(config.order)
+
+  def add(name, stage):
+    stages[name] = stage
+    order.append(name)
+  n_images = 10 * (s["labels"] - s["val"])
+  for name, transfer, label in (
+      ("digg", "{stage:digg}/images", f"DIGG, {n_images} images x {s['digg']}"),
+      ("raw", "{stage:digg}/originals", f"the {n_images} few-shot images only")):
+    stage = f"kd_{name}_{steps}"
+    add(stage, digg_recipe.distill(dict(s, distill_steps=steps), transfer, tiny=False))
+    add(stage + "_ft", digg_recipe.finetune(
+        s, stage, f"feature KD (L2, {steps} steps) + finetune", label,
+        f"{digg_recipe.TEACHER} (ImageNet)", tiny=False))
+  add("scratch", ttr.finetune(digg_recipe.TASK, s, "student from scratch",
+                              name=digg_recipe.STUDENT, size=s["student"],
+                              student=digg_recipe.STUDENT))
+  # DIGG-IRF's last stage without its stage 3: the DIGG-distilled student calibrated on the
+  # raw digits with IRF's SGD recipe (is DIGG-IRF's gain IRF, or that recipe?).
+  control = ota_recipe.sgd_finetune(
+      s["task"], s["labels"], s["val"], mode="full", lr=s["stage4_lrs"][0],
+      weight_decay=s["stage4_wds"][0], steps=s["steps"], batch=s["batch"],
+      image_size=s["student"], path="{stage:kd_digg}/model", test_per_class=s["test_per_class"],
+      method="feature KD (L2) + IRF's SGD finetune (no stage 3)",
+      student=f"{digg_recipe.STUDENT} (KD on DIGG)", transfer="original train images")
+  add("kd_digg_sgd_ft", control)
+  config.order = tuple(order)
+  return config
+
+
 def get_config(arg: str = ""):
-  if arg not in ("", "tiny"):
-    raise ValueError(f"configs/ota_tiny.py takes '' or 'tiny', not {arg!r}.")
+  prefix = "kd_steps="
+  kd_steps = int(arg[len(prefix):]) if arg.startswith(prefix) and arg[len(prefix):].isdigit() else 0
+  if arg not in ("", "tiny") and not kd_steps:
+    raise ValueError(f"configs/ota_tiny.py takes '', 'tiny' or 'kd_steps=N', not {arg!r}.")
   tiny = arg == "tiny"
   s = sizes(tiny)
   if tiny:
@@ -75,5 +116,6 @@ def get_config(arg: str = ""):
                           fd_model="random:resnet18", fd_image_size=32, vfm_path="",
                           vfm_name="resnet18", vfm_overrides=digg_recipe.TINY_STUDENT,
                           vfm_label="resnet18 (tiny, random)")
-  return ota_recipe.ota(s, upstream(s), fd_image_size=s["teacher"],
-                        vfm_overrides={"bn_momentum": VFM_BN_MOMENTUM})
+  config = ota_recipe.ota(s, upstream(s), fd_image_size=s["teacher"],
+                          vfm_overrides={"bn_momentum": VFM_BN_MOMENTUM})
+  return add_kd_budget(config, s, kd_steps) if kd_steps else config

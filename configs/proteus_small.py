@@ -25,16 +25,16 @@ from kt_jax import proteus_recipe
 
 def get_config():
   c = proteus_recipe.shipped_recipe()
-  c.total_steps = 1000
+  c.total_steps = 800
   c.log_every_steps = 10
-  c.eval_every_steps = 250
-  c.checkpoint_every_steps = 250
+  c.eval_every_steps = 200
+  c.checkpoint_every_steps = 200
   c.optimizer.lr = 3e-4
   c.optimizer.warmup_steps = 20
   c.optimizer.min_lr = 1e-6
   c.proteus.head_init = "ridge"
-  c.data.pool_size = 1024
-  c.data.pool_mnist = 1024
+  c.data.pool_size = 2048
+  c.data.pool_mnist = 0
   c.data.holdout = 64
   c.data.augment.scale = (0.25, 1.0)
   c.data.augment.randaugment = ""

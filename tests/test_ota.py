@@ -60,6 +60,25 @@ def test_ota_orderings_read_the_right_models():
     checks.check(_ota(arg))
 
 
+def test_kd_budget_variant_only_adds_stages():
+  """`:kd_steps=N` grows a finished ota_tiny workdir: every earlier stage is unchanged."""
+  base, grown = _ota(), _ota("kd_steps=800")
+  assert grown.order[:len(base.order)] == base.order
+  assert all(grown.stages[n].to_dict() == base.stages[n].to_dict() for n in base.order)
+  assert grown.order[len(base.order):] == ("kd_digg_800", "kd_digg_800_ft", "kd_raw_800",
+                                           "kd_raw_800_ft", "scratch", "kd_digg_sgd_ft")
+  assert grown.stages.kd_raw_800.total_steps == 800
+  assert grown.stages.kd_raw_800.data.path == "{stage:digg}/originals"
+  assert grown.stages.scratch.backbone.name == "mobilenet_v2"
+  # The control differs from DIGG-IRF's calibration only by starting from kd_digg, not deliver.
+  control, calibrate = grown.stages.kd_digg_sgd_ft, grown.stages.digg_irf_calibrate_lr0
+  assert control.backbone.path == "{stage:kd_digg}/model"
+  assert control.optimizer.to_dict() == calibrate.optimizer.to_dict()
+  assert control.total_steps == calibrate.total_steps
+  with pytest.raises(ValueError, match="kd_steps=N"):
+    _ota("kd_steps=many")
+
+
 def _write_images(folder, images):
   os.makedirs(folder, exist_ok=True)
   for i, image in enumerate(images):
