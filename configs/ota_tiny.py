@@ -40,7 +40,7 @@ TRANSFORMER = {"width": 96, "depth": 2, "num_heads": 4}
 # The VFM's BatchNorm running statistics decay at 0.9, not TF's 0.99: after 60 steps on digits
 # 0.99 still leaves 55% of the ImageNet statistics in the averages evaluation uses, and the
 # finetune collapses (measured: FT 33.0% test at 0.99, 66.6% at 0.9; IRF 10.0% at 0.99).
-VFM_BN_MOMENTUM = 0.9
+VFM_BN_MOMENTUM = ttr.VFM_BN_MOMENTUM
 
 
 def sizes(tiny: bool) -> dict:
