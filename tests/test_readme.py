@@ -69,7 +69,8 @@ def test_first_screen_make_targets_exist():
 def test_absl_command_parses(module, args):
   for arg in args:
     if arg.startswith("--config="):
-      assert os.path.isfile(os.path.join(ROOT, arg.split("=", 1)[1])), arg
+      path = arg.split("=", 1)[1].split(":", 1)[0]  # config_flags' `file.py:argument`
+      assert os.path.isfile(os.path.join(ROOT, path)), arg
   result = subprocess.run([sys.executable, "-m", module, *args, "--only_check_args"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
