@@ -141,7 +141,7 @@ def test_report_keeps_fd_rows_out_of_the_models_table(tmp_path):
   assert "| digits (80) | DIGG (1280) | m | 12.5 |" in gaps
 
 
-@pytest.mark.slow  # every OTA stage with toy models, 2 steps each: compile-bound
+@pytest.mark.slow  # every OTA stage with toy models, 2 steps each: ~5 min, compile-bound
 def test_ota_tiny_pipeline_end_to_end(tmp_path):
   config = _ota("tiny")
   summary = stages.run(config, str(tmp_path))
