@@ -79,11 +79,8 @@ def add_kd_budget(config, s: dict, steps: int):
   def add(name, stage):
     stages[name] = stage
     order.append(name)
-  n_images = 10 * (s["labels"] - s["val"])
-  for name, transfer, label in (
-      ("digg", "{stage:digg}/images", f"DIGG, {n_images} images x {s['digg']}"),
-      ("raw", "{stage:digg}/originals", f"the {n_images} few-shot images only")):
-    stage = f"kd_{name}_{steps}"
+  for name, transfer, label in digg_recipe.kd_transfer_sets(s, ("digg",))[:2]:  # DIGG, raw
+    stage = f"{name}_{steps}"
     add(stage, digg_recipe.distill(dict(s, distill_steps=steps), transfer, tiny=False))
     add(stage + "_ft", digg_recipe.finetune(
         s, stage, f"feature KD (L2, {steps} steps) + finetune", label,

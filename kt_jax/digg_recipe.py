@@ -125,6 +125,19 @@ def imagenet_student(s: dict, tiny: bool) -> ml_collections.ConfigDict:
                       student=STUDENT + " (ImageNet weights)")
 
 
+def kd_transfer_sets(s: dict, digg_sets=("digg_small", "digg"),
+                     baselines: bool = True) -> list[tuple[str, str, str]]:
+  """(KD stage name, transfer set, report label) of each distillation: DIGG at the sizes
+  `digg_sets` and, with `baselines`, the few raw images and the upstream crops."""
+  n_images = 10 * (s["labels"] - s["val"])
+  rows = [("kd_" + gen, f"{{stage:{gen}}}/images", f"DIGG, {n_images} images x {s[gen]}")
+          for gen in digg_sets]
+  if baselines:
+    rows += [("kd_raw", "{stage:digg}/originals", f"the {n_images} few-shot images only"),
+             ("kd_upstream", "upstream", f"upstream: {s['upstream']} shipped natural crops")]
+  return rows
+
+
 def add_digg(stages: ml_collections.ConfigDict, order: list, s: dict, tiny: bool, *,
              teacher: str = "", teacher_label: str = "", prefix: str = "",
              baselines: bool = True, digg_sets: tuple = ("digg_small", "digg")) -> None:
@@ -142,13 +155,7 @@ def add_digg(stages: ml_collections.ConfigDict, order: list, s: dict, tiny: bool
   for gen, n in (("digg_small", s["digg_small"]), ("digg", s["digg"])):
     if gen in digg_sets and gen not in order:
       add(gen, generate(s, n))
-  n_images = s["labels"] - s["val"]
-  rows = [("kd_" + gen, f"{{stage:{gen}}}/images",
-           f"DIGG, {n_images * 10} images x {s[gen]}") for gen in digg_sets]
-  if baselines:
-    rows += [("kd_raw", "{stage:digg}/originals", f"the {n_images * 10} few-shot images only"),
-             ("kd_upstream", "upstream", f"upstream: {s['upstream']} shipped natural crops")]
-  for name, transfer, label in rows:
+  for name, transfer, label in kd_transfer_sets(s, digg_sets, baselines):
     add(prefix + name, distill(s, transfer, tiny, teacher))
     add(prefix + name + "_ft", finetune(s, prefix + name, "feature KD (L2) + finetune", label,
                                         teacher_label, tiny))

@@ -57,21 +57,29 @@ def feature_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
   return frechet_distance(*statistics(features_a), *statistics(features_b))
 
 
-def folder_features(folder: str, module, variables, spec, batch_size: int = 64) -> np.ndarray:
-  """Pooled features (N, D) of every image of `folder` (flat or class subfolders)."""
-  from kt_jax.data import sources
+def source_features(source, module, variables, spec, batch_size: int = 64,
+                    desc: str = "features") -> np.ndarray:
+  """Pooled features (N, D) of every decodable image of a grain source."""
   from kt_jax.eval import features
-  out = features.extract_source_features(module, variables, sources.ImageFolderSource(folder),
-                                         spec, batch_size=batch_size,
-                                         keys=("x_norm_clstoken",),
-                                         desc=os.path.basename(folder.rstrip("/")))
+  out = features.extract_source_features(module, variables, source, spec,
+                                         batch_size=batch_size, keys=("x_norm_clstoken",),
+                                         desc=desc)
   return out["x_norm_clstoken"]
 
 
-def _check_folder(folder: str) -> None:
+def folder_features(folder: str, module, variables, spec, batch_size: int = 64) -> np.ndarray:
+  """Pooled features (N, D) of every image of `folder` (flat or class subfolders)."""
+  from kt_jax.data import sources
+  return source_features(sources.ImageFolderSource(folder), module, variables, spec,
+                         batch_size, desc=os.path.basename(folder.rstrip("/")))
+
+
+def check_folder(folder: str) -> None:
+  """A folder FD can use: it exists and holds at least 2 images (one clear error if not)."""
   from kt_jax.data import sources
   if not os.path.isdir(folder):
-    raise errors.UserError(f"{folder}: no such directory")
+    raise errors.UserError(f"{folder}: no such directory (it does not exist or is not a "
+                           "folder)")
   count = len(sources.list_image_folder(folder)[0])
   if count < 2:
     raise errors.UserError(f"{folder}: {count} images; the Frechet distance needs at least 2 "
@@ -95,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args) -> int:
   from kt_jax import convert
-  _check_folder(args.a)
-  _check_folder(args.b)
+  check_folder(args.a)
+  check_folder(args.b)
   convert.check_source(args.model)
   module, variables = convert.load_pretrained(args.model)
   spec = convert.input_spec(args.model, args.image_size)

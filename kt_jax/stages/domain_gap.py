@@ -16,13 +16,12 @@ similar sizes; the row says how many images each had.
 """
 import json
 
-import numpy as np
 from absl import logging
 
 from kt_jax import convert, paths
 from kt_jax.data import shipped, sources
 from kt_jax.errors import UserError
-from kt_jax.eval import fd, features, report
+from kt_jax.eval import fd, report
 from kt_jax.stages import checks
 
 UPSTREAM = "upstream"
@@ -46,40 +45,35 @@ def _source(path: str, data):
   if path == UPSTREAM:
     return sources.InMemorySource(shipped.unlabelled_pool(data.pool_size, data.pool_crop_size,
                                                           seed=0))
-  folder = paths.normalise(path)
-  if not paths.exists(folder):
-    raise UserError(f"domain_gap: {path} does not exist.")
-  source = sources.ImageFolderSource(folder)
-  if len(source) < 2:
-    raise UserError(f"domain_gap: {path} holds {len(source)} image(s); FD needs at least 2.")
-  return source
+  fd.check_folder(path)
+  return sources.ImageFolderSource(path)
 
 
 def run(config, workdir: str) -> dict:
+  # Every set is checked (and the shipped crops built) before the model loads.
+  reference_source = _source(config.reference, config.data)
+  sets = {name: _source(path, config.data) for name, path in config.sets.items()}
   module, variables = convert.load_pretrained(config.model)
   spec = convert.input_spec(config.model, config.image_size)
 
-  def pooled(path: str, name: str) -> np.ndarray:
-    out = features.extract_source_features(module, variables, _source(path, config.data), spec,
-                                           batch_size=config.batch_size,
-                                           keys=("x_norm_clstoken",), desc=f"features {name}")
-    return out["x_norm_clstoken"]
-
-  reference = pooled(config.reference, "reference")
+  def pooled(source, name):
+    return fd.source_features(source, module, variables, spec, config.batch_size,
+                              desc=f"features {name}")
+  reference = pooled(reference_source, "reference")
+  feats = {name: pooled(source, name) for name, source in sets.items()}
   result = {"reference": {"path": config.reference, "images": len(reference)},
             "model": config.model, "image_size": spec.image_size, "sets": {}}
   for name, path in config.sets.items():
-    feats = pooled(path, name)
-    distance = fd.feature_distance(reference, feats)
+    distance = fd.feature_distance(reference, feats[name])
     logging.info("FD(%s [%d], %s [%d]) = %.4f", config.reference, len(reference), name,
-                 len(feats), distance)
-    result["sets"][name] = {"path": path, "images": len(feats), "fd": distance}
+                 len(feats[name]), distance)
+    result["sets"][name] = {"path": path, "images": len(feats[name]), "fd": distance}
     if config.report.dir:
       report.append_row(paths.join(workdir, config.report.dir), {
           "method": "domain gap (FD)", "metric": "fd", "test": distance,
           "reference": f"{config.report.reference_label or config.reference} "
                        f"({len(reference)})",
-          "transfer_set": f"{name} ({len(feats)})", "teacher": config.model,
+          "transfer_set": f"{name} ({len(feats[name])})", "teacher": config.model,
           "workdir": f"{workdir}#{name}"})
   paths.write_text(paths.join(workdir, RESULT_FILE), json.dumps(result, indent=1))
   return {name: v["fd"] for name, v in result["sets"].items()}
