@@ -130,3 +130,23 @@ def test_registry_input_specs():
     assert spec.image_size == size
     np.testing.assert_allclose(spec.mean, [127 / 255] * 3)
     np.testing.assert_allclose(spec.std, [128 / 255] * 3)
+
+
+def test_bn_momentum_sets_the_running_statistics_decay():
+  """One training step moves the stem BatchNorm's running mean to m * old + (1 - m) * batch
+  mean (NumPy, from the stem convolution's own output); 0.99 stays the default."""
+  assert registry.create("efficientnet_lite0").bn_momentum == 0.99
+  momentum = 0.9
+  model = registry.create("efficientnet_lite0", num_classes=0, bn_momentum=momentum)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  variables = jax.tree.map(lambda s: jnp.asarray(
+      np.random.default_rng(1).normal(size=s.shape) * 0.1, s.dtype), variables)
+  _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                           rngs={"dropout": jax.random.key(2)})
+  stem = jax.lax.conv_general_dilated(
+      x, variables["params"]["conv_stem"]["kernel"], (2, 2), "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  old = np.asarray(variables["batch_stats"]["bn0"]["mean"])
+  want = momentum * old + (1 - momentum) * np.asarray(stem).mean(axis=(0, 1, 2))
+  np.testing.assert_allclose(updates["batch_stats"]["bn0"]["mean"], want, rtol=1e-4, atol=1e-5)
