@@ -31,14 +31,6 @@ from kt_jax import task_transfer_recipe
 
 def get_config(arg: str = ""):
   """`arg`: "" | "tiny" | comma-separated "retrieved=<manifest.jsonl>" (adds the retrieved
-  transfer set) and "sizes=250/500/1000" (adds in-domain distillation on fewer images)."""
-  if arg == "tiny":
-    return task_transfer_recipe.chain("mnist", tiny=True)
-  parts = [part for part in arg.split(",") if part]
-  options = dict(part.split("=", 1) for part in parts if "=" in part)
-  if len(options) != len(parts) or set(options) - {"retrieved", "sizes"}:
-    raise ValueError(f"Unknown variant {arg!r}: '', 'tiny', 'retrieved=<manifest.jsonl>', "
-                     "'sizes=250/500/1000' or both, comma-separated.")
-  sizes = tuple(int(n) for n in options.get("sizes", "").split("/") if n)
-  return task_transfer_recipe.chain("mnist", retrieved=options.get("retrieved", ""),
-                                    transfer_sizes=sizes)
+  transfer set), "sizes=250/500/1000" (adds in-domain distillation on fewer images) and
+  "distill_steps=N" (every distillation's steps)."""
+  return task_transfer_recipe.chain_from_arg("mnist", arg)

@@ -18,4 +18,6 @@ from kt_jax import task_transfer_recipe
 
 
 def get_config(arg: str = ""):
-  return task_transfer_recipe.chain("digit_seg", tiny=arg == "tiny")
+  """`arg`: "" | "tiny" | "distill_steps=N" (every distillation's steps) | the other variants
+  of configs/task_transfer_mnist.py."""
+  return task_transfer_recipe.chain_from_arg("digit_seg", arg)

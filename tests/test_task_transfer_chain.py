@@ -42,3 +42,35 @@ def test_mnist_chain_end_to_end(tmp_path):
 def test_segmentation_chain_end_to_end(tmp_path):
   rows = _run(tmp_path, "task_transfer_seg.py")
   assert {r["metric"] for r in rows} == {"miou"}
+
+
+def _flat(config):
+  """Every leaf of a ConfigDict as 'a.b.c' -> value."""
+  out = {}
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      out.update({f"{key}.{k}": v for k, v in _flat(value).items()})
+    else:
+      out[key] = value
+  return out
+
+
+def test_chain_variants_change_only_what_they_name():
+  get_config = load(os.path.join(ROOT, "configs", "task_transfer_mnist.py")).get_config
+  base = _flat(get_config(""))
+  longer = _flat(get_config("distill_steps=900"))
+  changed = {k for k in base if base[k] != longer[k]}
+  distills = {"td_indomain", "td_generic", "fd_indomain", "fd_generic"}
+  assert changed == {f"stages.{n}.{k}" for n in distills for k in (
+      "total_steps", "checkpoint_every_steps", "optimizer.warmup_steps")}
+  assert all(longer[f"stages.{n}.total_steps"] == 900 for n in distills)
+  grown = get_config("sizes=250/500,distill_steps=900")
+  assert [n for n in grown.order if n not in get_config("").order] == [
+      "td_indomain_250", "td_indomain_250_ft", "td_indomain_500", "td_indomain_500_ft"]
+  assert grown.stages.td_indomain_250.total_steps == 900
+  assert grown.stages.td_indomain_250.data.pool_mnist == 250
+  with pytest.raises(ValueError, match="distill_steps=N"):
+    get_config("steps=900")
+  seg = load(os.path.join(ROOT, "configs", "task_transfer_seg.py")).get_config("distill_steps=600")
+  assert seg.stages.fd_generic.total_steps == 600
+  assert seg.stages.vfm.data.task == "digit_seg"
