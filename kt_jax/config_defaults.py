@@ -156,8 +156,11 @@ def distill_task_config() -> ml_collections.ConfigDict:
   c.teacher = teacher_config()     # a finetune stage's model/ (backbone + head)
   c.teacher.image_size = 0         # 0: the student's image_size; else the same view, resized
   c.teacher.num_classes = 0        # for random:<model> teachers only (benchmarks)
+  # Exactly one of `name` (a registered model, initialised from the seed) and `path` (a model
+  # whose backbone initialises the student: e.g. the shipped `mobilenet_v2`, its ImageNet
+  # weights, a checkpoint or a stage's model/), as `finetune`'s backbone.
   c.student = ml_collections.ConfigDict({
-      "name": "mobilenet_v2", "overrides": ml_collections.ConfigDict(),
+      "name": "mobilenet_v2", "path": "", "overrides": ml_collections.ConfigDict(),
       "num_classes": 0})           # 0: the teacher's; anything else must equal it
   c.distill = ml_collections.ConfigDict({
       "temperature": 1.0,          # Hinton's T (the loss is scaled by T^2)

@@ -32,7 +32,9 @@ def _sizes(tiny: bool) -> dict:
     return dict(teacher=32, student=32, vfm_steps=2, distill_steps=2, ft_steps=2, batch=8,
                 transfer=16, crop=32, labels=3, val=1, seg_size=32, seg_train=120,
                 seg_test=22)
-  return dict(teacher=TEACHER_SIZE, student=STUDENT_SIZE, vfm_steps=150, distill_steps=300,
+  # 900 distillation steps: at 300 the student stayed 29 points under its teacher on MNIST
+  # (57.8% vs 86.8% test) and at 900 reached 74.8% (2026-12-02), the chain still in 20 min.
+  return dict(teacher=TEACHER_SIZE, student=STUDENT_SIZE, vfm_steps=150, distill_steps=900,
               ft_steps=150, batch=32, transfer=2000, crop=64, labels=10, val=2, seg_size=64,
               seg_train=1000, seg_test=200)
 
@@ -97,12 +99,15 @@ def _student(c, s: dict, tiny: bool) -> None:
   c.optimizer.weight_decay = 1e-4
 
 
-def distill_task(task: str, s: dict, kind: str, tiny: bool,
-                 manifest: str = "") -> ml_collections.ConfigDict:
+def distill_task(task: str, s: dict, kind: str, tiny: bool, manifest: str = "",
+                 student_path: str = "") -> ml_collections.ConfigDict:
+  """`student_path`: a model whose backbone the student starts from (else the seed's init)."""
   c = config_defaults.distill_task_config()
   _common(c, s, s["distill_steps"])
   c.teacher.path = "{stage:vfm}/model"
   _student(c, s, tiny)
+  if student_path:
+    c.student.name, c.student.path, c.student.overrides = "", student_path, {}
   _transfer(c, task, s, kind, manifest)
   c.distill.temperature = 2.0
   c.distill.mixup_alpha, c.distill.cutmix_alpha = 0.2, 1.0
@@ -121,7 +126,7 @@ def distill_feature(task: str, s: dict, kind: str, tiny: bool) -> ml_collections
 
 
 def chain(task: str, tiny: bool = False, retrieved: str = "", transfer_sizes: tuple = (),
-          distill_steps: int = 0) -> ml_collections.ConfigDict:
+          distill_steps: int = 0, imagenet_init: bool = False) -> ml_collections.ConfigDict:
   """The whole experiment for `task` ("mnist" or "digit_seg"); `tiny`: seconds, for tests.
 
   `retrieved`: a retrieve stage's `manifest.jsonl`; adds `td_retrieved` + `td_retrieved_ft`,
@@ -129,6 +134,9 @@ def chain(task: str, tiny: bool = False, retrieved: str = "", transfer_sizes: tu
   `transfer_sizes`: adds `td_indomain_<n>` + `td_indomain_<n>_ft` for each size n, the
   in-domain distillation on n images (same steps and batch): the transfer-set-size curve.
   `distill_steps`: every distillation's steps (task and feature alike), instead of the default.
+  `imagenet_init`: adds `td_indomain_imagenet` + `_ft`, the in-domain task distillation into
+  the student initialised from its ImageNet weights (the `imagenet` row's start) instead of
+  the seed: does the VFM's task knowledge add to ImageNet pretraining?
   """
   s = _sizes(tiny)
   if distill_steps:
@@ -165,6 +173,14 @@ def chain(task: str, tiny: bool = False, retrieved: str = "", transfer_sizes: tu
     add(f"{name}_ft", finetune(
         task, s, "task-oriented distillation + finetune", path=f"{{stage:{name}}}/model",
         size=s["student"], teacher=teacher_name, transfer=transfer, student=student_name))
+  if imagenet_init:
+    if tiny:
+      raise ValueError("imagenet_init needs the shipped student's weights: not with tiny.")
+    add("td_indomain_imagenet", distill_task(task, s, "indomain", tiny, student_path=STUDENT))
+    add("td_indomain_imagenet_ft", finetune(
+        task, s, "task-oriented distillation + finetune",
+        path="{stage:td_indomain_imagenet}/model", size=s["student"], teacher=teacher_name,
+        transfer=TRANSFER["indomain"], student=STUDENT + " (ImageNet init)"))
   for kind in ("indomain", "generic"):
     add(f"fd_{kind}", distill_feature(task, s, kind, tiny))
     add(f"fd_{kind}_ft", finetune(
@@ -187,15 +203,19 @@ def chain(task: str, tiny: bool = False, retrieved: str = "", transfer_sizes: tu
 
 def chain_from_arg(task: str, arg: str) -> ml_collections.ConfigDict:
   """The chain named by a config file's argument: "" | "tiny" | comma-separated
-  "retrieved=<manifest.jsonl>", "sizes=250/500/1000", "distill_steps=N" (see `chain`)."""
+  "retrieved=<manifest.jsonl>", "sizes=250/500/1000", "distill_steps=N", "imagenet_init"
+  (see `chain`)."""
   if arg == "tiny":
     return chain(task, tiny=True)
   parts = [part for part in arg.split(",") if part]
+  flags = {part for part in parts if part == "imagenet_init"}
   options = dict(part.split("=", 1) for part in parts if "=" in part)
   known = {"retrieved", "sizes", "distill_steps"}
-  if len(options) != len(parts) or set(options) - known:
+  if len(options) + len(flags) != len(parts) or set(options) - known:
     raise ValueError(f"Unknown variant {arg!r}: '', 'tiny', or comma-separated "
-                     "'retrieved=<manifest.jsonl>', 'sizes=250/500/1000', 'distill_steps=N'.")
+                     "'retrieved=<manifest.jsonl>', 'sizes=250/500/1000', 'distill_steps=N', "
+                     "'imagenet_init'.")
   sizes = tuple(int(n) for n in options.get("sizes", "").split("/") if n)
   return chain(task, retrieved=options.get("retrieved", ""), transfer_sizes=sizes,
-               distill_steps=int(options.get("distill_steps", 0)))
+               distill_steps=int(options.get("distill_steps", 0)),
+               imagenet_init="imagenet_init" in flags)

@@ -3,6 +3,7 @@ student's exact pixels, the objective actually distilling, the stage and its err
 import json
 import os
 
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -211,3 +212,38 @@ def test_transfer_folder_without_a_readable_image_is_an_error(tmp_path):
   with pytest.raises(UserError, match="no readable image"):
     stages.run(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
+
+
+def test_student_path_initialises_the_student_with_those_weights(tmp_path):
+  """`student.path` (exactly one of it and `student.name`): the distillation starts from the
+  saved backbone, weights and BatchNorm statistics, not from the seed."""
+  teacher = _task_model_dir(tmp_path / "teacher", depth=1)
+  backbone = models.create("resnet18", stage_sizes=(1, 1), width=8, num_classes=0)
+  saved = jax.jit(backbone.init)(jax.random.key(7), jnp.zeros((1, 32, 32, 3)))
+  saved = jax.tree.map(lambda x: np.asarray(x) + 0.5, saved)  # unlike any seed's init
+  kt_format.save(str(tmp_path / "student_init"), backbone, saved,
+                 {"input_spec": {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}})
+  with pytest.raises(UserError, match="exactly one of --config.student.path"):
+    stages.run(tiny_distill_task_config(teacher, **{"student.path": str(tmp_path / "x")}),
+               str(tmp_path / "both"))
+  config = tiny_distill_task_config(teacher, **{
+      "student.name": "", "student.path": str(tmp_path / "student_init"),
+      "student.overrides": {}, "optimizer.lr": 1e-7, "optimizer.lr_base_batch": 0,
+      "total_steps": 2, "checkpoint_every_steps": 2})
+  stages.run(config, str(tmp_path / "run"))
+  _, trained = kt_format.load(str(tmp_path / "run" / "model"))
+  flat_saved = traverse_util.flatten_dict(saved["params"])
+  flat_trained = traverse_util.flatten_dict(trained["params"]["backbone"])
+  assert set(flat_saved) == set(flat_trained)
+  for key, value in flat_saved.items():  # two steps at lr 1e-7 move nothing visibly
+    np.testing.assert_allclose(flat_trained[key], value, atol=1e-4, err_msg=str(key))
+  # The hooks the stage hands the trainer put the saved BatchNorm statistics in too.
+  from kt_jax.stages import distill_task
+  objective, loaded = distill_task.build_objective_and_student(config)
+  params_hook, state_hook = distill_task.init_hooks(loaded)
+  params, state = objective.init(jax.random.key(0), {"image": jnp.zeros((1, 32, 32, 3))})
+  params, state = params_hook(params), state_hook(state)
+  for got, want in ((params["student"]["backbone"], saved["params"]),
+                    (state["student"]["batch_stats"]["backbone"], saved["batch_stats"])):
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, got), want)
+  assert distill_task.init_hooks(None) == (None, None)

@@ -58,16 +58,22 @@ def _flat(config):
 def test_chain_variants_change_only_what_they_name():
   get_config = load(os.path.join(ROOT, "configs", "task_transfer_mnist.py")).get_config
   base = _flat(get_config(""))
-  longer = _flat(get_config("distill_steps=900"))
-  changed = {k for k in base if base[k] != longer[k]}
+  shorter = _flat(get_config("distill_steps=300"))
+  changed = {k for k in base if base[k] != shorter[k]}
   distills = {"td_indomain", "td_generic", "fd_indomain", "fd_generic"}
   assert changed == {f"stages.{n}.{k}" for n in distills for k in (
       "total_steps", "checkpoint_every_steps", "optimizer.warmup_steps")}
-  assert all(longer[f"stages.{n}.total_steps"] == 900 for n in distills)
-  grown = get_config("sizes=250/500,distill_steps=900")
+  assert all(shorter[f"stages.{n}.total_steps"] == 300 for n in distills)
+  grown = get_config("sizes=250/500,distill_steps=300,imagenet_init")
   assert [n for n in grown.order if n not in get_config("").order] == [
-      "td_indomain_250", "td_indomain_250_ft", "td_indomain_500", "td_indomain_500_ft"]
-  assert grown.stages.td_indomain_250.total_steps == 900
+      "td_indomain_250", "td_indomain_250_ft", "td_indomain_500", "td_indomain_500_ft",
+      "td_indomain_imagenet", "td_indomain_imagenet_ft"]
+  assert grown.stages.td_indomain_250.total_steps == 300
+  # The ImageNet-initialised distillation differs from td_indomain in its student only.
+  inet, plain = _flat(grown.stages.td_indomain_imagenet), _flat(grown.stages.td_indomain)
+  assert {k for k in plain if plain[k] != inet.get(k)} == {"student.name", "student.path"}
+  assert (inet["student.path"], inet["student.name"]) == ("mobilenet_v2", "")
+  assert grown.stages.td_indomain_imagenet_ft.backbone.path == "{stage:td_indomain_imagenet}/model"
   assert grown.stages.td_indomain_250.data.pool_mnist == 250
   with pytest.raises(ValueError, match="distill_steps=N"):
     get_config("steps=900")

@@ -11,20 +11,21 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from kt_jax import convert, models, paths
+from kt_jax import convert, paths
 from kt_jax.data import builder
 from kt_jax.errors import UserError
 from kt_jax.models.classifier import Classifier
 from kt_jax.models.registry import InputSpec
 from kt_jax.objectives import task_distill
 from kt_jax.stages import checks
+from kt_jax.stages.backbone import backbone_hooks, load_backbone
 from kt_jax.stages.teacher import cast, load_teacher
 
 
 def validate(config) -> None:
   """Everything that can be checked before the teacher is loaded (see stages.checks)."""
   checks.check_teacher_path(config.teacher.path, "teacher.path")
-  checks.check_model(config.student.name, config.student.overrides, "student")
+  checks.check_model_source(config.student, "student")
   checks.check_choice(config.compute_dtype, "compute_dtype", checks.COMPUTE_DTYPES)
   checks.check_positive(config, "image_size", "distill.temperature")
   checks.check_non_negative(config, "teacher.image_size", "distill.mixup_alpha",
@@ -34,14 +35,6 @@ def validate(config) -> None:
   checks.check_head_classes(config)
   builder.validate(config)
   checks.check_transfer_set(config)
-
-
-def _backbone(config, dtype):
-  """The student's backbone: features only (a model's own ImageNet classifier is dropped)."""
-  overrides = config.student.overrides.to_dict()
-  if "num_classes" in checks.model_arguments(config.student.name):
-    overrides.setdefault("num_classes", 0)
-  return models.create(config.student.name, dtype=dtype, **overrides)
 
 
 def _random_teacher(config, dtype):
@@ -61,6 +54,11 @@ def _random_teacher(config, dtype):
 
 
 def build_objective(config) -> task_distill.TaskDistill:
+  return build_objective_and_student(config)[0]
+
+
+def build_objective_and_student(config) -> tuple[task_distill.TaskDistill, dict | None]:
+  """The objective, and the loaded student backbone's variables (None: from the seed)."""
   dtype = jnp.dtype(config.compute_dtype)
   if config.teacher.path.startswith("random:"):
     teacher, teacher_vars = _random_teacher(config, dtype)
@@ -70,12 +68,20 @@ def build_objective(config) -> task_distill.TaskDistill:
     raise UserError(f"teacher.path={config.teacher.path} has no task head: distil from a "
                     "`finetune` stage's model/ (e.g. \"{stage:finetune_vfm}/model\").")
   # The teacher's kind of head (and its options) on the student's backbone, trainable.
-  changes = {"backbone": _backbone(config, dtype)}
+  # A model's own ImageNet classifier is dropped; a loaded student's weights go in at init.
+  backbone = load_backbone(config, dtype, key="student")
+  if backbone.variables is not None and (tuple(backbone.spec.mean), tuple(backbone.spec.std)) \
+      != (tuple(config.data.mean), tuple(config.data.std)):
+    logging.warning("student.path=%s was trained on images normalised with mean %s, std %s; "
+                    "this run feeds it data.mean=%s, data.std=%s.", config.student.path,
+                    backbone.spec.mean, backbone.spec.std, tuple(config.data.mean),
+                    tuple(config.data.std))
+  changes = {"backbone": backbone.module}
   if getattr(teacher, "frozen_backbone", False):
     changes["frozen_backbone"] = False
   student = teacher.clone(**changes)
   size = config.image_size
-  return task_distill.TaskDistill(
+  objective = task_distill.TaskDistill(
       student=student, teacher=teacher, teacher_variables=teacher_vars,
       data_spec=InputSpec(size, tuple(config.data.mean), tuple(config.data.std)),
       teacher_spec=convert.input_spec(config.teacher.path, config.teacher.image_size or size),
@@ -83,17 +89,30 @@ def build_objective(config) -> task_distill.TaskDistill:
       teacher_image_size=config.teacher.image_size, mixup_alpha=config.distill.mixup_alpha,
       cutmix_alpha=config.distill.cutmix_alpha,
       mix_switch_prob=config.distill.mix_switch_prob)
+  return objective, backbone.variables
+
+
+def init_hooks(loaded_student):
+  """(params hook, model-state hook) for `trainer.train`: the loaded student backbone's
+  weights and BatchNorm statistics in place of the fresh ones; (None, None) from scratch."""
+  if loaded_student is None:
+    return None, None
+  return backbone_hooks(loaded_student, "student")
 
 
 def run(config, workdir: str) -> dict:
   from kt_jax.train import trainer
-  objective = build_objective(config)
+  objective, loaded_student = build_objective_and_student(config)
+  params_hook, state_hook = init_hooks(loaded_student)
+  if loaded_student is not None:
+    logging.info("Student initialised from %s", config.student.path)
   class_names = _class_names(config.teacher.path)
   if class_names is not None:
     objective.class_names = class_names  # recorded in model.json with the student
   stream, steps_per_epoch = builder.build_train_stream(config)
   logging.info("Transfer set: %d images (%s)", len(stream.source), config.data.source)
-  last = trainer.train(config, workdir, objective, stream, steps_per_epoch)
+  last = trainer.train(config, workdir, objective, stream, steps_per_epoch,
+                       init_params_hook=params_hook, init_model_state_hook=state_hook)
   summary = {"final_metrics": last, "transfer_images": len(stream.source),
              "bad_records": stream.bad_records(),
              "completed": bool(last.get("completed", 1.0))}

@@ -37,6 +37,7 @@ from kt_jax.models.classifier import CLS_MEAN_PATCH, Classifier, Segmenter
 from kt_jax.models.registry import InputSpec
 from kt_jax.objectives import supervised
 from kt_jax.stages import checks
+from kt_jax.stages.backbone import Backbone, backbone_hooks, load_backbone, overlay
 
 MODES = ("full", "linear_probe", "lp_ft")
 HEAD_FEATURES = ("x_norm_clstoken", CLS_MEAN_PATCH)
@@ -110,46 +111,6 @@ def data_spec(config, spec: InputSpec) -> InputSpec:
                    tuple(config.data.std or spec.std))
 
 
-@dataclasses.dataclass
-class Backbone:
-  module: object
-  variables: dict | None      # None: initialised from the seed
-  spec: InputSpec
-  head: dict | None = None    # a loaded task model's head params (and its kind, class count)
-
-
-def _strip_classifier(module):
-  """A registry CNN with its own ImageNet classifier (`num_classes` > 0) -> features only."""
-  if getattr(module, "num_classes", 0) and not isinstance(module, (Classifier, Segmenter)):
-    return module.clone(num_classes=0)
-  return module
-
-
-def load_backbone(config, dtype) -> Backbone:
-  b = config.backbone
-  overrides = b.overrides.to_dict()
-  if b.name:
-    module = models.create(b.name, **overrides)
-    return Backbone(_cast(_strip_classifier(module), dtype), None, models.input_spec(b.name))
-  module, variables = convert.load_pretrained(b.path)
-  head = None
-  if isinstance(module, (Classifier, Segmenter)):  # a task model: its backbone (+ head)
-    head = {"kind": fewshot.SEGMENTATION if isinstance(module, Segmenter)
-            else fewshot.CLASSIFICATION, "num_classes": module.num_classes,
-            "params": {k: v for k, v in variables["params"].items() if k.startswith("head")},
-            "feature": getattr(module, "feature", None), "hidden": getattr(module, "hidden", 0)}
-    variables = {col: tree["backbone"] for col, tree in variables.items() if "backbone" in tree}
-    module = module.backbone
-  if overrides:
-    module = module.clone(**overrides)
-  return Backbone(_cast(_strip_classifier(module), dtype), variables, convert.input_spec(b.path),
-                  head)
-
-
-def _cast(module, dtype):
-  return module.clone(dtype=dtype) if hasattr(module, "dtype") else module
-
-
 def build_objective(config, splits=None, backbone: Backbone | None = None
                     ) -> supervised.Supervised:
   """The objective for `config`; `splits` gives the classes (else the task is built here)."""
@@ -170,53 +131,26 @@ def build_objective(config, splits=None, backbone: Backbone | None = None
                                dtype)
 
 
-def _overlay(fresh, loaded, what: str):
-  """`fresh` with every leaf `loaded` has (same shape); a leaf `fresh` has and `loaded` lacks,
-  or a shape that differs, is an error naming the paths (a backbone that is not this model)."""
-  from flax import traverse_util
-  flat_fresh = traverse_util.flatten_dict(fresh)
-  flat_loaded = traverse_util.flatten_dict(loaded)
-  missing = [k for k in flat_fresh if k not in flat_loaded]
-  shapes = [k for k in flat_fresh if k in flat_loaded
-            and tuple(np.shape(flat_loaded[k])) != tuple(np.shape(flat_fresh[k]))]
-  if missing or shapes:
-    names = ["/".join(map(str, k)) for k in (missing + shapes)[:5]]
-    raise ValueError(f"The {what} does not fit the model: {len(missing)} missing and "
-                     f"{len(shapes)} mis-shaped leaves, e.g. {', '.join(names)}.")
-  return traverse_util.unflatten_dict(
-      {k: jnp.asarray(flat_loaded[k], v.dtype) for k, v in flat_fresh.items()})
-
-
 def init_hooks(backbone: Backbone, objective: supervised.Supervised, keep_head: bool):
   """(params hook, model-state hook) putting the pretrained backbone (and a matching loaded
   head) into the fresh train state; (None, None) for a backbone trained from scratch."""
   if backbone.variables is None:
     return None, None
-  loaded = backbone.variables
   head = backbone.head
   kind = fewshot.SEGMENTATION if objective.segmentation else fewshot.CLASSIFICATION
   use_head = (keep_head and head is not None and head["kind"] == kind
               and head["num_classes"] == len(objective.class_names))
+  backbone_params, state_hook = backbone_hooks(backbone.variables, "model")
 
   def params_hook(params):
+    params = backbone_params(params)
     model = dict(params["model"])
-    model["backbone"] = _overlay(model["backbone"], loaded["params"], "backbone checkpoint")
     if use_head:
       for name in [k for k in model if k.startswith("head")]:
         if name in head["params"]:
-          model[name] = _overlay(model[name], head["params"][name], "loaded task head")
+          model[name] = overlay(model[name], head["params"][name], "loaded task head")
       logging.info("Kept the loaded model's %s head (%d classes).", kind, head["num_classes"])
     return {**params, "model": model}
-
-  def state_hook(model_state):
-    if not model_state:
-      return model_state
-    state = {col: dict(tree) for col, tree in model_state["model"].items()}
-    for col in state:
-      if "backbone" in state[col] and col in loaded:
-        state[col]["backbone"] = _overlay(state[col]["backbone"], loaded[col],
-                                          f"backbone's {col}")
-    return {"model": state}
   return params_hook, state_hook
 
 
