@@ -83,7 +83,12 @@ def _transfer(c, task: str, s: dict, kind: str, manifest: str = "") -> None:
   c.data.exclude_test_of.labels_per_class = s["labels"]
   c.data.augment.hflip = 0.0
   c.data.augment.scale = (0.35, 1.0)
-  c.data.augment.randaugment = "rand-m9-mstd0.5-inc1"   # strong augmentation (Beyer et al.)
+  # Mild augmentation, chosen on the validation split (MNIST, 900 steps of in-domain task
+  # distillation, 2026-12-02): Beyer et al.'s strong recipe (RandAugment m9, mixup 0.2 /
+  # CutMix 1.0) pays off over thousands of epochs; at this budget it cost the student 7
+  # points (val 85% / test 74.8%; without mixing 90% / 76.6%; without RandAugment too 95% /
+  # 82.2%). Both distillations use the same transfer augmentation.
+  c.data.augment.randaugment = ""
   c.data.augment.random_erasing = 0.0
 
 
@@ -110,7 +115,7 @@ def distill_task(task: str, s: dict, kind: str, tiny: bool, manifest: str = "",
     c.student.name, c.student.path, c.student.overrides = "", student_path, {}
   _transfer(c, task, s, kind, manifest)
   c.distill.temperature = 2.0
-  c.distill.mixup_alpha, c.distill.cutmix_alpha = 0.2, 1.0
+  c.distill.mixup_alpha, c.distill.cutmix_alpha = 0.0, 0.0  # see _transfer
   return c
 
 
