@@ -16,7 +16,8 @@ Cases:
   task_distill_mnist_embedded  the td_indomain stage of configs/task_transfer_mnist.py:
                     MobileNetV2 (10-class head) <- EfficientNet-Lite2 classifier (10 classes,
                     RANDOM weights: a benchmark has no finetuned VFM), the config's sizes
-                    (student 32 px, teacher 64 px), batch 32, KL at T=2, mixup/CutMix, AdamW;
+                    (student 32 px, teacher 64 px), batch 32, KL at T=2, the recipe's
+                    mixup/CutMix (off since 2026-12-02), AdamW;
                     reference: transformers' MobileNetV2ForImageClassification <-
                     efficientnet_lite_pytorch's lite2
   task_distill_mnist_toy  the same step at toy shapes: 32 px both, batch 4 (the test suite's)

@@ -131,7 +131,7 @@ def distill_feature(task: str, s: dict, kind: str, tiny: bool) -> ml_collections
 
 
 def chain(task: str, tiny: bool = False, retrieved: str = "", transfer_sizes: tuple = (),
-          distill_steps: int = 0, imagenet_init: bool = False) -> ml_collections.ConfigDict:
+          distill_steps: int = 0) -> ml_collections.ConfigDict:
   """The whole experiment for `task` ("mnist" or "digit_seg"); `tiny`: seconds, for tests.
 
   `retrieved`: a retrieve stage's `manifest.jsonl`; adds `td_retrieved` + `td_retrieved_ft`,
@@ -139,9 +139,10 @@ def chain(task: str, tiny: bool = False, retrieved: str = "", transfer_sizes: tu
   `transfer_sizes`: adds `td_indomain_<n>` + `td_indomain_<n>_ft` for each size n, the
   in-domain distillation on n images (same steps and batch): the transfer-set-size curve.
   `distill_steps`: every distillation's steps (task and feature alike), instead of the default.
-  `imagenet_init`: adds `td_indomain_imagenet` + `_ft`, the in-domain task distillation into
-  the student initialised from its ImageNet weights (the `imagenet` row's start) instead of
-  the seed: does the VFM's task knowledge add to ImageNet pretraining?
+  Beyond the paper's rows, `td_indomain_imagenet` + `_ft` distil in-domain into the student
+  initialised from its ImageNet weights (the `imagenet` row's start) instead of the seed:
+  the VFM's task knowledge on top of ImageNet pretraining (not with `tiny`: no shipped
+  weights for the tiny student).
   """
   s = _sizes(tiny)
   if distill_steps:
@@ -178,9 +179,7 @@ def chain(task: str, tiny: bool = False, retrieved: str = "", transfer_sizes: tu
     add(f"{name}_ft", finetune(
         task, s, "task-oriented distillation + finetune", path=f"{{stage:{name}}}/model",
         size=s["student"], teacher=teacher_name, transfer=transfer, student=student_name))
-  if imagenet_init:
-    if tiny:
-      raise ValueError("imagenet_init needs the shipped student's weights: not with tiny.")
+  if not tiny:
     add("td_indomain_imagenet", distill_task(task, s, "indomain", tiny, student_path=STUDENT))
     add("td_indomain_imagenet_ft", finetune(
         task, s, "task-oriented distillation + finetune",
@@ -208,19 +207,15 @@ def chain(task: str, tiny: bool = False, retrieved: str = "", transfer_sizes: tu
 
 def chain_from_arg(task: str, arg: str) -> ml_collections.ConfigDict:
   """The chain named by a config file's argument: "" | "tiny" | comma-separated
-  "retrieved=<manifest.jsonl>", "sizes=250/500/1000", "distill_steps=N", "imagenet_init"
-  (see `chain`)."""
+  "retrieved=<manifest.jsonl>", "sizes=250/500/1000", "distill_steps=N" (see `chain`)."""
   if arg == "tiny":
     return chain(task, tiny=True)
   parts = [part for part in arg.split(",") if part]
-  flags = {part for part in parts if part == "imagenet_init"}
   options = dict(part.split("=", 1) for part in parts if "=" in part)
   known = {"retrieved", "sizes", "distill_steps"}
-  if len(options) + len(flags) != len(parts) or set(options) - known:
+  if len(options) != len(parts) or set(options) - known:
     raise ValueError(f"Unknown variant {arg!r}: '', 'tiny', or comma-separated "
-                     "'retrieved=<manifest.jsonl>', 'sizes=250/500/1000', 'distill_steps=N', "
-                     "'imagenet_init'.")
+                     "'retrieved=<manifest.jsonl>', 'sizes=250/500/1000', 'distill_steps=N'.")
   sizes = tuple(int(n) for n in options.get("sizes", "").split("/") if n)
   return chain(task, retrieved=options.get("retrieved", ""), transfer_sizes=sizes,
-               distill_steps=int(options.get("distill_steps", 0)),
-               imagenet_init="imagenet_init" in flags)
+               distill_steps=int(options.get("distill_steps", 0)))

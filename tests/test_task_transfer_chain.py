@@ -60,14 +60,13 @@ def test_chain_variants_change_only_what_they_name():
   base = _flat(get_config(""))
   shorter = _flat(get_config("distill_steps=300"))
   changed = {k for k in base if base[k] != shorter[k]}
-  distills = {"td_indomain", "td_generic", "fd_indomain", "fd_generic"}
+  distills = {"td_indomain", "td_generic", "fd_indomain", "fd_generic", "td_indomain_imagenet"}
   assert changed == {f"stages.{n}.{k}" for n in distills for k in (
       "total_steps", "checkpoint_every_steps", "optimizer.warmup_steps")}
   assert all(shorter[f"stages.{n}.total_steps"] == 300 for n in distills)
-  grown = get_config("sizes=250/500,distill_steps=300,imagenet_init")
+  grown = get_config("sizes=250/500,distill_steps=300")
   assert [n for n in grown.order if n not in get_config("").order] == [
-      "td_indomain_250", "td_indomain_250_ft", "td_indomain_500", "td_indomain_500_ft",
-      "td_indomain_imagenet", "td_indomain_imagenet_ft"]
+      "td_indomain_250", "td_indomain_250_ft", "td_indomain_500", "td_indomain_500_ft"]
   assert grown.stages.td_indomain_250.total_steps == 300
   # The ImageNet-initialised distillation differs from td_indomain in its student only.
   inet, plain = _flat(grown.stages.td_indomain_imagenet), _flat(grown.stages.td_indomain)
