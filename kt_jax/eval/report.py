@@ -99,9 +99,27 @@ def markdown(rows: list[dict]) -> str:
   return text
 
 
+def plot_groups(rows: list[dict]) -> dict[str, list[dict]]:
+  """The plot's lines: legend label -> rows, one per (method, transfer set), split by student
+  (named in the label) where one method and transfer set have several."""
+  def base(r):
+    return r["method"] + (f" ({r['transfer_set']})" if r.get("transfer_set") else "")
+  students: dict[str, set] = {}
+  for r in rows:
+    students.setdefault(base(r), set()).add(r.get("student", ""))
+  groups: dict[str, list[dict]] = {}
+  for r in rows:
+    label = base(r)
+    if len(students[label]) > 1:
+      label += f" [{r.get('student', '')}]"
+    groups.setdefault(label, []).append(r)
+  return groups
+
+
 def plot(rows: list[dict], out_path: str) -> str | None:
-  """Test metric against pretraining FLOPs, one line per (method, transfer set); models
-  without pretraining compute (scratch: 0, or unknown) are drawn as horizontal lines."""
+  """Test metric against pretraining FLOPs, one line per (method, transfer set, student: named
+  in the legend where one method and transfer set have several); models without pretraining
+  compute (scratch: 0, or unknown) are drawn as horizontal lines."""
   scored = [r for r in rows if isinstance(r.get("test"), (int, float))
             and r.get("metric") != FD_METRIC]
   if not scored:
@@ -110,10 +128,7 @@ def plot(rows: list[dict], out_path: str) -> str | None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  groups: dict[str, list[dict]] = {}
-  for r in scored:
-    label = r["method"] + (f" ({r['transfer_set']})" if r.get("transfer_set") else "")
-    groups.setdefault(label, []).append(r)
+  groups = plot_groups(scored)
   flops = [r["pretrain_flops"] for r in scored if (r.get("pretrain_flops") or 0) > 0]
   for i, (label, members) in enumerate(sorted(groups.items())):
     colour = f"C{i % 10}"
@@ -142,7 +157,9 @@ def plot(rows: list[dict], out_path: str) -> str | None:
 
 def stage_compute(workdir: str, step: int | None = None) -> dict | None:
   """{"images", "flops", "steps", "workdir"} of a training workdir up to `step` (default: its
-  finished or latest step); None when it has no `train_cost.json`."""
+  finished or latest step), plus the compute of the model it started from (`started_from` in
+  its `train_cost.json`; images and flops None when that is unknown, e.g. shipped ImageNet
+  weights); None when it has no `train_cost.json`."""
   cost_path = paths.join(workdir, COST_FILE)
   if not paths.exists(cost_path):
     return None
@@ -151,8 +168,15 @@ def stage_compute(workdir: str, step: int | None = None) -> dict | None:
     step = _finished_step(workdir)
   if step is None:
     return None
-  return {"images": int(step * cost["batch_size"]),
-          "flops": float(step * cost["flops_per_step"]), "steps": int(step), "workdir": workdir}
+  own = {"images": int(step * cost["batch_size"]),
+         "flops": float(step * cost["flops_per_step"]), "steps": int(step), "workdir": workdir}
+  if cost.get("started_from"):
+    before = pretraining_compute(cost["started_from"])
+    if before["flops"] is None:
+      return {**own, "images": None, "flops": None}
+    own["images"] += before["images"]
+    own["flops"] += before["flops"]
+  return own
 
 
 def _finished_step(workdir: str) -> int | None:

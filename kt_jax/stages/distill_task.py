@@ -112,7 +112,8 @@ def run(config, workdir: str) -> dict:
   stream, steps_per_epoch = builder.build_train_stream(config)
   logging.info("Transfer set: %d images (%s)", len(stream.source), config.data.source)
   last = trainer.train(config, workdir, objective, stream, steps_per_epoch,
-                       init_params_hook=params_hook, init_model_state_hook=state_hook)
+                       init_params_hook=params_hook, init_model_state_hook=state_hook,
+                       started_from=config.student.path)
   summary = {"final_metrics": last, "transfer_images": len(stream.source),
              "bad_records": stream.bad_records(),
              "completed": bool(last.get("completed", 1.0))}

@@ -220,14 +220,17 @@ def step_cost(compiled, global_batch_size: int) -> dict:
 def train(config, workdir: str, objective: Objective, loader, steps_per_epoch: int,
           evaluate: Callable[[int, TrainState], dict] | None = None,
           init_params_hook: Callable[[Any], Any] | None = None,
-          init_model_state_hook: Callable[[Any], Any] | None = None) -> dict:
+          init_model_state_hook: Callable[[Any], Any] | None = None,
+          started_from: str = "") -> dict:
   """Runs (or resumes) training to the end; returns the last logged metrics.
 
   `loader` yields this process's share of each global batch (dicts of NumPy arrays) and has
   `get_state()`/`set_state()`; `evaluate(step, state)` returns a dict of numbers;
   `init_params_hook(params)` may replace freshly initialised params (weight inheritance),
   `init_model_state_hook(model_state)` the fresh model state (pretrained BatchNorm
-  statistics). The step's FLOPs (XLA's cost analysis) go to `<workdir>/train_cost.json`.
+  statistics). The step's FLOPs (XLA's cost analysis) go to `<workdir>/train_cost.json`,
+  with `started_from`, the model the hooks loaded (its own compute counts as this run's
+  pretraining too: `kt_jax.eval.report.stage_compute`).
   """
   sched = resolve_schedule(config, steps_per_epoch)
   iterator: Iterator = iter(loader)
@@ -264,8 +267,10 @@ def train(config, workdir: str, objective: Objective, loader, steps_per_epoch: i
   # Compiled once here (not on the first call) so its cost analysis is at hand.
   step_fn = step_fn.lower(state, sharding.global_batch(first_batch, mesh), frozen).compile()
   if is_main:
-    paths.write_text(paths.join(workdir, COST_FILE),
-                     json.dumps(step_cost(step_fn, config.batch_size), indent=2))
+    cost = step_cost(step_fn, config.batch_size)
+    if started_from:
+      cost["started_from"] = started_from
+    paths.write_text(paths.join(workdir, COST_FILE), json.dumps(cost, indent=2))
   writer = metrics_lib.MetricWriter(workdir, sched.total_steps, start_step, config.batch_size,
                                     enabled=is_main)
   writer.truncate_after(start_step)
