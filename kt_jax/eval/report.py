@@ -127,8 +127,13 @@ def plot(rows: list[dict], out_path: str) -> str | None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7, 4.5))
   groups = plot_groups(scored)
+  # The legend gets its own rows under the axes: long labels never cover a point.
+  flat_rows = sum(1 for r in scored if not (r.get("pretrain_flops") or 0) > 0)
+  curves = sum(1 for g in groups.values() if any((r.get("pretrain_flops") or 0) > 0 for r in g))
+  legend_h = 0.17 * (flat_rows + curves) + 0.2
+  fig, (ax, legend_ax) = plt.subplots(2, 1, figsize=(8, 4.5 + legend_h),
+                                      height_ratios=(4.5, legend_h))
   flops = [r["pretrain_flops"] for r in scored if (r.get("pretrain_flops") or 0) > 0]
   for i, (label, members) in enumerate(sorted(groups.items())):
     colour = f"C{i % 10}"
@@ -140,13 +145,16 @@ def plot(rows: list[dict], out_path: str) -> str | None:
       ax.plot(xs, [100 * y for y in ys], "o-", color=colour, label=label)
     for y in flat:
       ax.axhline(100 * y, color=colour, linestyle="--", label=label + " (no pretraining count)")
-  if flops:
+  if flops and max(flops) > 10 * min(flops):  # a log axis only where it spans decades
     ax.set_xscale("log")
+  elif flops:
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
   ax.set_xlabel("pretraining compute (FLOPs, XLA cost analysis)")
   metric = scored[-1].get("metric", "top1")
   ax.set_ylabel(f"test {'mIoU' if metric == 'miou' else 'top-1'} (%)")
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+  legend_ax.axis("off")
+  legend_ax.legend(*ax.get_legend_handles_labels(), loc="upper left", fontsize=7, frameon=False)
   fig.tight_layout()
   from kt_jax.train import metrics
   fig.set_dpi(110)
