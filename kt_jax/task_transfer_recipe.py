@@ -21,6 +21,10 @@ STUDENT = "mobilenet_v2"
 # student_flops column).
 TEACHER_SIZE, STUDENT_SIZE = 64, 32
 VFM_BN_MOMENTUM = 0.9  # the VFM finetune's BatchNorm momentum (EfficientNetLite.bn_momentum)
+# Segmentation needs a finer map than the CNNs' stride 32 (2x2 at 64 px: no head on it beats
+# background-only mIoU; benchmarks/digit_seg_grid_oracle.py): teacher and student run with
+# dilated last stages, the same weights (`output_stride`, DeepLab's rule).
+DENSE_OUTPUT_STRIDE = 8
 
 TRANSFER = {"indomain": "in-domain (unlabelled task images)",
             "generic": "generic (shipped natural-image pool)",
@@ -92,11 +96,16 @@ def _transfer(c, task: str, s: dict, kind: str, manifest: str = "") -> None:
   c.data.augment.random_erasing = 0.0
 
 
-def _student(c, s: dict, tiny: bool) -> None:
+def _dense(task: str, tiny: bool) -> dict:
+  """Constructor overrides of the real teacher and student for `task`."""
+  return {} if tiny or task != "digit_seg" else {"output_stride": DENSE_OUTPUT_STRIDE}
+
+
+def _student(c, s: dict, tiny: bool, task: str = "mnist") -> None:
   if tiny:
     c.student.name, c.student.overrides = "resnet18", {"stage_sizes": (1, 1), "width": 8}
   else:
-    c.student.name = STUDENT
+    c.student.name, c.student.overrides = STUDENT, _dense(task, tiny)
   c.image_size = s["student"]
   c.teacher.image_size = s["teacher"]
   c.optimizer.lr, c.optimizer.lr_base_batch = 1e-3, 0
@@ -110,9 +119,9 @@ def distill_task(task: str, s: dict, kind: str, tiny: bool, manifest: str = "",
   c = config_defaults.distill_task_config()
   _common(c, s, s["distill_steps"])
   c.teacher.path = "{stage:vfm}/model"
-  _student(c, s, tiny)
+  _student(c, s, tiny, task)
   if student_path:
-    c.student.name, c.student.path, c.student.overrides = "", student_path, {}
+    c.student.name, c.student.path = "", student_path
   _transfer(c, task, s, kind, manifest)
   c.distill.temperature = 2.0
   c.distill.mixup_alpha, c.distill.cutmix_alpha = 0.0, 0.0  # see _transfer
@@ -124,7 +133,7 @@ def distill_feature(task: str, s: dict, kind: str, tiny: bool) -> ml_collections
   _common(c, s, s["distill_steps"])
   # Task-agnostic: the VFM as it comes (its ImageNet features), not the finetuned one.
   c.teacher.path = "random:vit_tiny_patch16" if tiny else VFM
-  _student(c, s, tiny)
+  _student(c, s, tiny, task)
   _transfer(c, task, s, kind)
   c.distill.fit_images = min(256, s["transfer"])
   return c
@@ -165,7 +174,7 @@ def chain(task: str, tiny: bool = False, retrieved: str = "", transfer_sizes: tu
     # The learning rate is every row's 1e-3, chosen on the validation split: at 3e-4 the VFM
     # reached 70% val / 76.0% test, at 1e-3 95% / 86.8% (2026-12-02).
     vfm = finetune(task, s, "finetuned VFM", path=VFM, size=s["teacher"], student=VFM,
-                   overrides={"bn_momentum": VFM_BN_MOMENTUM})
+                   overrides={"bn_momentum": VFM_BN_MOMENTUM, **_dense(task, tiny)})
     vfm.total_steps = s["vfm_steps"]
   add("vfm", vfm)
   teacher_name = "vfm (finetuned " + (VFM if not tiny else "vit_tiny") + ")"
@@ -194,10 +203,11 @@ def chain(task: str, tiny: bool = False, retrieved: str = "", transfer_sizes: tu
         transfer=TRANSFER[kind], student=student_name))
   add("scratch", finetune(task, s, "student from scratch",
                           name="resnet18" if tiny else STUDENT,
-                          overrides=tiny_student if tiny else None, size=s["student"],
-                          student=student_name))
+                          overrides=tiny_student if tiny else _dense(task, tiny),
+                          size=s["student"], student=student_name))
   add("imagenet", finetune(task, s, "ImageNet-pretrained student", path=STUDENT,
-                           size=s["student"], student=STUDENT + " (ImageNet weights)"))
+                           overrides=_dense(task, tiny), size=s["student"],
+                           student=STUDENT + " (ImageNet weights)"))
   c = ml_collections.ConfigDict()
   c.stage = "pipeline"
   c.stages = stages

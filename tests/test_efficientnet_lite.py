@@ -150,3 +150,20 @@ def test_bn_momentum_sets_the_running_statistics_decay():
   old = np.asarray(variables["batch_stats"]["bn0"]["mean"])
   want = momentum * old + (1 - momentum) * np.asarray(stem).mean(axis=(0, 1, 2))
   np.testing.assert_allclose(updates["batch_stats"]["bn0"]["mean"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_output_stride_keeps_weights_and_refines_the_feature_map(lite0):
+  """`output_stride` 16 / 8 run the same weights on a 2x / 4x finer final map (the dilation
+  rule is layers.output_stride_dilations, checked against transformers' dilated MobileNetV2 in
+  test_mobilenet_v2; the dilated depthwise conv against XLA's in test_layers); 32 is the
+  reference network, bit for bit."""
+  module, variables = lite0
+  x = jnp.asarray(np.random.RandomState(0).randn(1, 64, 64, 3), jnp.float32)
+  default = module.apply(variables, x)["feature_map"]
+  np.testing.assert_array_equal(module.clone(output_stride=32).apply(variables, x)["feature_map"],
+                                default)
+  assert default.shape[1:3] == (2, 2)
+  for output_stride in (16, 8):
+    fine = module.clone(output_stride=output_stride).apply(variables, x)["feature_map"]
+    assert fine.shape == (1, 64 // output_stride, 64 // output_stride, default.shape[-1])
+    assert np.isfinite(np.asarray(fine)).all()

@@ -8,16 +8,18 @@ from jax import lax
 from kt_jax.models import layers
 
 
-@pytest.mark.parametrize("size,kernel,stride,padding", [
-    ((9, 12), 3, 1, "SAME"), ((9, 12), 3, 2, "SAME"), ((11, 7), 5, 2, "SAME"),
-    ((10, 10), 3, 2, ((1, 1), (1, 1))), ((8, 9), 5, 1, ((2, 2), (2, 2)))])
-def test_depthwise_matches_grouped_convolution(size, kernel, stride, padding):
+@pytest.mark.parametrize("size,kernel,stride,padding,dilation", [
+    ((9, 12), 3, 1, "SAME", 1), ((9, 12), 3, 2, "SAME", 1), ((11, 7), 5, 2, "SAME", 1),
+    ((10, 10), 3, 2, ((1, 1), (1, 1)), 1), ((8, 9), 5, 1, ((2, 2), (2, 2)), 1),
+    ((9, 12), 3, 1, "SAME", 2), ((13, 10), 5, 1, "SAME", 4), ((10, 10), 3, 1, ((2, 2), (2, 2)), 2),
+    ((12, 11), 3, 2, ((3, 1), (2, 2)), 3)])
+def test_depthwise_matches_grouped_convolution(size, kernel, stride, padding, dilation):
   x = jnp.asarray(np.random.RandomState(0).randn(2, *size, 6), jnp.float32)
-  module = layers.DepthwiseConv(kernel, stride, padding)
+  module = layers.DepthwiseConv(kernel, stride, padding, dilation=dilation)
   variables = module.init(jax.random.key(0), x)
   ours = module.apply(variables, x)
   ref = lax.conv_general_dilated(x, variables["params"]["kernel"], (stride, stride), padding,
-                                 feature_group_count=6,
+                                 rhs_dilation=(dilation, dilation), feature_group_count=6,
                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
   assert ours.shape == ref.shape
   np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)

@@ -158,3 +158,51 @@ def test_registry_input_spec():
   spec = registry.input_spec("mobilenet_v2")
   assert (spec.image_size, spec.mean, spec.std) == (
       224, registry.IMAGENET_MEAN, registry.IMAGENET_STD)
+
+
+def _transformers_name(torchvision_key: str) -> str | None:
+  """torchvision's MobileNetV2 state-dict key -> transformers' MobileNetV2Model key."""
+  parts = torchvision_key.split(".")
+  if parts[0] != "features":
+    return None
+  index, rest = int(parts[1]), parts[2:]
+  norm = {"weight": "weight", "bias": "bias", "running_mean": "running_mean",
+          "running_var": "running_var", "num_batches_tracked": "num_batches_tracked"}
+  if index == 0:
+    return f"conv_stem.first_conv.{'convolution' if rest[0] == '0' else 'normalization'}." + rest[1]
+  if index == 18:
+    return f"conv_1x1.{'convolution' if rest[0] == '0' else 'normalization'}." + rest[1]
+  if index == 1:  # expand ratio 1: conv.0 = depthwise ConvBNReLU, conv.1 / conv.2 = project
+    layer = {"0": "conv_3x3", "1": "reduce_1x1", "2": "reduce_1x1"}[rest[1]]
+    kind = ("convolution" if rest[1] == "1" or (rest[1] == "0" and rest[2] == "0")
+            else "normalization")
+    return f"conv_stem.{layer}.{kind}.{norm[rest[-1]]}"
+  layer = {"0": "expand_1x1", "1": "conv_3x3", "2": "reduce_1x1", "3": "reduce_1x1"}[rest[1]]
+  kind = ("convolution" if rest[1] == "2" or (rest[1] in "01" and rest[2] == "0")
+          else "normalization")
+  return f"layer.{index - 2}.{layer}.{kind}.{norm[rest[-1]]}"
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_output_stride_matches_transformers_dilated_mobilenet_v2(state_dict, output_stride):
+  """`output_stride` against transformers' MobileNetV2Model(output_stride=...) (the DeepLabV3
+  backbone rule, an independent implementation), both holding the shipped ImageNet weights:
+  same feature map at 1/output_stride of the input."""
+  from transformers import MobileNetV2Config, MobileNetV2Model
+  reference = MobileNetV2Model(MobileNetV2Config(output_stride=output_stride, tf_padding=False,
+                                                 layer_norm_eps=1e-5),
+                               add_pooling_layer=False).eval()
+  mapped = {_transformers_name(k): v for k, v in state_dict.items()}
+  mapped.pop(None, None)
+  missing, unexpected = reference.load_state_dict(mapped, strict=False)
+  assert not missing and not unexpected, (missing, unexpected)
+  module, variables = convert_mnv2.convert(state_dict, "mobilenet_v2")
+  x = np.random.RandomState(0).randn(2, 64, 48, 3).astype(np.float32)
+  ours = module.clone(output_stride=output_stride).apply(variables, jnp.asarray(x))
+  with torch.no_grad():
+    theirs = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).last_hidden_state
+  theirs = theirs.permute(0, 2, 3, 1).numpy()
+  assert ours["feature_map"].shape == (2, 64 // output_stride, 48 // output_stride, 1280)
+  np.testing.assert_allclose(ours["feature_map"], theirs, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="output_stride must be 8, 16 or 32"):
+    module.clone(output_stride=4).apply(variables, jnp.asarray(x))

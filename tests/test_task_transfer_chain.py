@@ -79,3 +79,17 @@ def test_chain_variants_change_only_what_they_name():
   seg = load(os.path.join(ROOT, "configs", "task_transfer_seg.py")).get_config("distill_steps=600")
   assert seg.stages.fd_generic.total_steps == 600
   assert seg.stages.vfm.data.task == "digit_seg"
+
+
+def test_segmentation_chain_runs_its_cnns_at_a_finer_output_stride():
+  """digit_seg's teacher and every student run with dilated last stages (a 2x2 map cannot
+  segment digit strokes); the MNIST chain keeps the networks as they are."""
+  seg = load(os.path.join(ROOT, "configs", "task_transfer_seg.py")).get_config("")
+  dense = {"output_stride": 8}
+  assert seg.stages.vfm.backbone.overrides.to_dict() == {"bn_momentum": 0.9, **dense}
+  for name in ("td_indomain", "td_generic", "td_indomain_imagenet", "fd_indomain", "fd_generic"):
+    assert seg.stages[name].student.overrides.to_dict() == dense, name
+  for name in ("scratch", "imagenet"):
+    assert seg.stages[name].backbone.overrides.to_dict() == dense, name
+  mnist = _flat(load(os.path.join(ROOT, "configs", "task_transfer_mnist.py")).get_config(""))
+  assert not any("output_stride" in key for key in mnist)

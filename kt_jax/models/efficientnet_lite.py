@@ -60,11 +60,11 @@ def block_specs(width: float, depth: float) -> list[BlockSpec]:
 
 
 def _conv(features: int, kernel: int, name: str, dtype: Any, stride: int = 1,
-          groups: int = 1) -> nn.Module:
+          groups: int = 1, dilation: int = 1) -> nn.Module:
   # lax's "SAME" pads (total // 2, total - total // 2), exactly as Conv2d*SamePadding does.
   if groups > 1 and groups == features:
     return layers.DepthwiseConv(kernel, stride, "SAME", kernel_init=_conv_init, dtype=dtype,
-                                name=name)
+                                dilation=dilation, name=name)
   return nn.Conv(features, (kernel, kernel), strides=stride, padding="SAME",
                  feature_group_count=groups, use_bias=False, kernel_init=_conv_init,
                  dtype=dtype, name=name)
@@ -81,6 +81,7 @@ class MBConv(nn.Module):
   drop_connect_rate: float = 0.0
   dtype: Any = jnp.float32
   bn_momentum: float = _BN_MOMENTUM
+  dilation: int = 1  # of the depthwise conv (output_stride < 32)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -89,7 +90,8 @@ class MBConv(nn.Module):
     if s.expand_ratio != 1:
       x = _conv(hidden, 1, "expand_conv", self.dtype)(x)
       x = jax.nn.relu6(_bn(train, "bn0", self.dtype, self.bn_momentum)(x))
-    x = _conv(hidden, s.kernel, "depthwise_conv", self.dtype, s.stride, groups=hidden)(x)
+    x = _conv(hidden, s.kernel, "depthwise_conv", self.dtype, s.stride, groups=hidden,
+              dilation=self.dilation)(x)
     x = jax.nn.relu6(_bn(train, "bn1", self.dtype, self.bn_momentum)(x))
     x = _conv(s.out_channels, 1, "project_conv", self.dtype)(x)
     x = _bn(train, "bn2", self.dtype, self.bn_momentum)(x)
@@ -112,16 +114,24 @@ class EfficientNetLite(nn.Module):
   # hundred steps on digits) leaves 0.99**steps of the ImageNet statistics in the running
   # averages the evaluation normalises with; 0.9 (PyTorch's default) forgets them in ~50.
   bn_momentum: float = _BN_MOMENTUM
+  # 32: the reference network. 16 or 8: the last strided blocks keep their input's resolution
+  # and later depthwise convs dilate instead (layers.output_stride_dilations), a finer
+  # feature map for dense heads with the same weights.
+  output_stride: int = 32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = _conv(_STEM, 3, "conv_stem", self.dtype, stride=2)(x.astype(self.dtype))
     x = jax.nn.relu6(_bn(train, "bn0", self.dtype, self.bn_momentum)(x))
     specs = block_specs(self.width_multiplier, self.depth_multiplier)
-    for i, spec in enumerate(specs):
+    dilations = layers.output_stride_dilations([s.stride for s in specs], self.output_stride)
+    for i, (spec, dilation) in enumerate(zip(specs, dilations)):
+      if dilation:
+        spec = spec._replace(stride=1)
       # Linearly deeper blocks are dropped more often, as in the reference.
       rate = self.drop_connect_rate * i / len(specs)
-      x = MBConv(spec, rate, self.dtype, self.bn_momentum, name=f"blocks_{i}")(x, train)
+      x = MBConv(spec, rate, self.dtype, self.bn_momentum, max(dilation, 1),
+                 name=f"blocks_{i}")(x, train)
     x = _conv(_HEAD, 1, "conv_head", self.dtype)(x)
     x = jax.nn.relu6(_bn(train, "bn1", self.dtype, self.bn_momentum)(x))
     return self._outputs(x, train)

@@ -22,6 +22,25 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
+def output_stride_dilations(strides, output_stride: int, stem_stride: int = 2) -> list[int]:
+  """Per block (of the given strides, after a stem of `stem_stride`): 0 where it keeps its
+  stride, else the dilation of its depthwise conv, run at stride 1. transformers'
+  MobileNetV2Model rule (DeepLab's output_stride): once the stem and blocks reach
+  `output_stride`, each later block runs at stride 1 with the current dilation and multiplies
+  the dilation of the blocks after it by its own stride. Weights are unchanged."""
+  if output_stride not in (8, 16, 32):
+    raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}.")
+  current, dilation, out = stem_stride, 1, []
+  for stride in strides:
+    if current == output_stride:
+      out.append(dilation)
+      dilation *= stride
+    else:
+      out.append(0)
+      current *= stride
+  return out
+
+
 class DepthwiseConv(nn.Module):
   kernel_size: int
   strides: int = 1
@@ -29,42 +48,51 @@ class DepthwiseConv(nn.Module):
   use_bias: bool = False
   kernel_init: Any = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
+  # Atrous (dilated) taps, `dilation` pixels apart: what replaces a stride when a CNN keeps a
+  # finer output stride (DeepLab's output_stride); "SAME" pads for the dilated extent.
+  dilation: int = 1
 
   @nn.compact
   def __call__(self, x):
-    k, s, c = self.kernel_size, self.strides, x.shape[-1]
+    k, s, d, c = self.kernel_size, self.strides, self.dilation, x.shape[-1]
     kernel = self.param("kernel", self.kernel_init, (k, k, 1, c)).astype(self.dtype)
     x = x.astype(self.dtype)
+    extent = (k - 1) * d + 1
     if self.padding == "SAME":
-      pads = (same_padding(x.shape[1], k, s), same_padding(x.shape[2], k, s))
+      pads = (same_padding(x.shape[1], extent, s), same_padding(x.shape[2], extent, s))
     else:
       pads = tuple(tuple(p) for p in self.padding)
     if jax.default_backend() == "cpu":
-      y = _shifted_depthwise(x, kernel, s, pads)
+      y = _shifted_depthwise(x, kernel, s, pads, d)
     else:
-      y = lax.conv_general_dilated(x, kernel, (s, s), pads, feature_group_count=c,
+      y = lax.conv_general_dilated(x, kernel, (s, s), pads, rhs_dilation=(d, d),
+                                   feature_group_count=c,
                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (c,)).astype(self.dtype)
     return y
 
 
-def _strided_taps(x, k: int, stride: int, pads, pad_value=0.0):
-  """Yields (i, j, the (B, out_h, out_w, C) input under kernel tap (i, j)) of a k x k window."""
+def _strided_taps(x, k: int, stride: int, pads, pad_value=0.0, dilation: int = 1):
+  """Yields (i, j, the (B, out_h, out_w, C) input under kernel tap (i, j)) of a k x k window
+  whose taps are `dilation` pixels apart."""
   b, h, w, c = x.shape
   x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=pad_value)
-  out_h = (h + sum(pads[0]) - k) // stride + 1
-  out_w = (w + sum(pads[1]) - k) // stride + 1
+  extent = (k - 1) * dilation + 1
+  out_h = (h + sum(pads[0]) - extent) // stride + 1
+  out_w = (w + sum(pads[1]) - extent) // stride + 1
   for i in range(k):
     for j in range(k):
-      yield i, j, lax.slice(x, (0, i, j, 0),
-                            (b, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
+      top, left = i * dilation, j * dilation
+      yield i, j, lax.slice(x, (0, top, left, 0),
+                            (b, top + (out_h - 1) * stride + 1,
+                             left + (out_w - 1) * stride + 1, c),
                             (1, stride, stride, 1))
 
 
-def _shifted_depthwise(x, kernel, stride, pads):
+def _shifted_depthwise(x, kernel, stride, pads, dilation: int = 1):
   acc = None
-  for i, j, window in _strided_taps(x, kernel.shape[0], stride, pads):
+  for i, j, window in _strided_taps(x, kernel.shape[0], stride, pads, dilation=dilation):
     term = window * kernel[i, j, 0]
     acc = term if acc is None else acc + term
   return acc

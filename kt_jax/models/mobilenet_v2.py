@@ -49,13 +49,15 @@ class ConvBNReLU6(nn.Module):
   groups: int = 1
   activation: bool = True
   dtype: Any = jnp.float32
+  dilation: int = 1  # depthwise only (output_stride < 32)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    pad = (self.kernel - 1) // 2
+    pad = (self.kernel - 1) // 2 * self.dilation
     if self.groups > 1 and self.groups == self.features:
       conv = layers.DepthwiseConv(self.kernel, self.stride, ((pad, pad), (pad, pad)),
-                                  kernel_init=_conv_init, dtype=self.dtype, name="conv")
+                                  kernel_init=_conv_init, dtype=self.dtype,
+                                  dilation=self.dilation, name="conv")
     else:
       conv = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
                      padding=((pad, pad), (pad, pad)), feature_group_count=self.groups,
@@ -73,6 +75,7 @@ class InvertedResidual(nn.Module):
   stride: int
   expand_ratio: int
   dtype: Any = jnp.float32
+  dilation: int = 1
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -81,7 +84,7 @@ class InvertedResidual(nn.Module):
     if self.expand_ratio != 1:
       x = ConvBNReLU6(hidden, 1, dtype=self.dtype, name="expand")(x, train)
     x = ConvBNReLU6(hidden, 3, self.stride, groups=hidden, dtype=self.dtype,
-                    name="depthwise")(x, train)
+                    dilation=self.dilation, name="depthwise")(x, train)
     x = nn.Conv(self.out_channels, (1, 1), use_bias=False, kernel_init=_conv_init,
                 dtype=self.dtype, name="project_conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS,
@@ -97,14 +100,22 @@ class MobileNetV2(nn.Module):
   dropout_rate: float = 0.2
   num_classes: int = 1000
   dtype: Any = jnp.float32
+  # 32: torchvision's network. 16 or 8: the last strided blocks keep their input's resolution
+  # and later depthwise convs dilate instead (DeepLab; transformers' MobileNetV2 rule), a
+  # finer feature map for dense heads with the same weights.
+  output_stride: int = 32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = ConvBNReLU6(make_divisible(_STEM * self.width_multiplier), 3, 2, dtype=self.dtype,
                     name="features_0")(x.astype(self.dtype), train)
     specs = block_specs(self.width_multiplier)
-    for i, spec in enumerate(specs, start=1):
-      x = InvertedResidual(*spec, dtype=self.dtype, name=f"features_{i}")(x, train)
+    for i, ((cin, cout, stride, expand), dilation) in enumerate(
+        zip(specs, layers.output_stride_dilations([sp[2] for sp in specs], self.output_stride)),
+        start=1):
+      stride = stride if dilation == 0 else 1
+      x = InvertedResidual(cin, cout, stride, expand, dtype=self.dtype,
+                           dilation=max(dilation, 1), name=f"features_{i}")(x, train)
     head = make_divisible(_HEAD * max(1.0, self.width_multiplier))
     x = ConvBNReLU6(head, 1, dtype=self.dtype, name=f"features_{len(specs) + 1}")(x, train)
     return self._outputs(x, train)
