@@ -11,9 +11,10 @@ with the same budget (per-pixel task distillation and feature distillation, each
 in-domain segmentation images and on the generic shipped natural-image pool) and
 finetuned like the two baselines without pretraining on the task (random init; ImageNet
 weights). Every finetune appends a row to `<workdir>/report.md` (and report.json,
-report_compute.png). Not measured: at these resolutions the stride-32 CNNs' last feature maps
-are 2x2 (teacher) and 1x1 (student), and no head on them can beat background-only mIoU
-(8.6%; `benchmarks/digit_seg_grid_oracle.py` and the README). Any VFM:
+report_compute.png). Teacher and students run at output stride 8 (dilated last stages): at
+stride 32 their maps are 2x2 and 1x1, and no head on them beats background-only mIoU (8.6%;
+`benchmarks/digit_seg_grid_oracle.py`). Not measured as a chain: its VFM stage still paints
+only background after 150 steps (README, "Task-oriented transfer"). Any VFM:
 `--config.stages.vfm.backbone.path=<checkpoint>` (and `--config.stages.fd_indomain.teacher.path=...`
 for the task-agnostic rows).
 """
