@@ -20,11 +20,18 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 TASK_ORIENTED = "task-oriented distillation + finetune"
 
 
+def _pretrained_student(row: dict) -> bool:
+  """The chain's ImageNet-initialised distillation: not a point of the from-scratch curve."""
+  return "ImageNet" in row.get("student", "")
+
+
 def curve(rows: list[dict], default_size: int = 2000) -> list[tuple[int, float]]:
-  """(transfer images, test score) of the task-oriented in-domain rows, by size."""
+  """(transfer images, test score) of the task-oriented in-domain rows whose student starts
+  from the seed, by size."""
   points = {}
   for r in rows:
-    if r["method"] != TASK_ORIENTED or not r["transfer_set"].startswith("in-domain"):
+    if (r["method"] != TASK_ORIENTED or not r["transfer_set"].startswith("in-domain")
+        or _pretrained_student(r)):
       continue
     sized = re.search(r"in-domain, (\d+) images", r["transfer_set"])
     points[int(sized.group(1)) if sized else default_size] = r["test"]
@@ -51,6 +58,8 @@ def main(argv=None):
              "ImageNet-pretrained student": "ImageNet student"}.get(r["method"])
     if r["method"] == TASK_ORIENTED and r["transfer_set"].startswith("retrieved"):
       label = "distillation on the retrieved set"
+    elif r["method"] == TASK_ORIENTED and _pretrained_student(r):
+      label = "distillation into the ImageNet student, in-domain"
     if label:
       ax.axhline(100 * r["test"], ls="--", lw=1, color=next(colours), label=label)
   ax.set_xscale("log")

@@ -20,5 +20,7 @@ def test_curve_orders_sizes_and_ignores_other_rows():
           {"method": td, "transfer_set": "in-domain, 500 images", "test": 0.50},
           {"method": td, "transfer_set": "generic (shipped natural-image pool)", "test": 0.55},
           {"method": "student from scratch", "transfer_set": "-", "test": 0.29},
-          {"method": td, "transfer_set": "in-domain, 250 images", "test": 0.43}]
+          {"method": td, "transfer_set": "in-domain, 250 images", "test": 0.43},
+          {"method": td, "transfer_set": "in-domain (unlabelled task images)", "test": 0.94,
+           "student": "mobilenet_v2 (ImageNet init)"}]
   assert curve(rows) == [(250, 0.43), (500, 0.50), (2000, 0.54)]
