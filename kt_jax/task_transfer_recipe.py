@@ -7,6 +7,8 @@ Stages (each in `<workdir>/<name>/`; every finetune appends its row to `<workdir
   fd_indomain, fd_generic distill_feature from the VFM's ImageNet backbone, same budget
   *_ft                    finetune each distilled student on the same labels
   scratch, imagenet       the student finetuned from a random init / its ImageNet weights
+  td_indomain_imagenet    (+ _ft) distill_task into the student that starts from its ImageNet
+                          weights (beyond the paper's rows)
 Every student row has the same architecture, finetuning budget and recipe; both
 distillations have the same transfer images, steps and batch.
 """
