@@ -154,7 +154,7 @@ def test_bn_momentum_sets_the_running_statistics_decay():
 
 def test_output_stride_keeps_weights_and_refines_the_feature_map(lite0):
   """`output_stride` 16 / 8 run the same weights on a 2x / 4x finer final map (the dilation
-  rule is layers.output_stride_dilations, checked against transformers' dilated MobileNetV2 in
+  rule is layers.output_stride_blocks, checked against transformers' dilated MobileNetV2 in
   test_mobilenet_v2; the dilated depthwise conv against XLA's in test_layers); 32 is the
   reference network, bit for bit."""
   module, variables = lite0

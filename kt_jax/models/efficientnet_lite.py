@@ -115,7 +115,7 @@ class EfficientNetLite(nn.Module):
   # averages the evaluation normalises with; 0.9 (PyTorch's default) forgets them in ~50.
   bn_momentum: float = _BN_MOMENTUM
   # 32: the reference network. 16 or 8: the last strided blocks keep their input's resolution
-  # and later depthwise convs dilate instead (layers.output_stride_dilations), a finer
+  # and later depthwise convs dilate instead (layers.output_stride_blocks), a finer
   # feature map for dense heads with the same weights.
   output_stride: int = 32
 
@@ -124,13 +124,11 @@ class EfficientNetLite(nn.Module):
     x = _conv(_STEM, 3, "conv_stem", self.dtype, stride=2)(x.astype(self.dtype))
     x = jax.nn.relu6(_bn(train, "bn0", self.dtype, self.bn_momentum)(x))
     specs = block_specs(self.width_multiplier, self.depth_multiplier)
-    dilations = layers.output_stride_dilations([s.stride for s in specs], self.output_stride)
-    for i, (spec, dilation) in enumerate(zip(specs, dilations)):
-      if dilation:
-        spec = spec._replace(stride=1)
+    blocks = layers.output_stride_blocks([s.stride for s in specs], self.output_stride)
+    for i, (spec, (stride, dilation)) in enumerate(zip(specs, blocks)):
       # Linearly deeper blocks are dropped more often, as in the reference.
       rate = self.drop_connect_rate * i / len(specs)
-      x = MBConv(spec, rate, self.dtype, self.bn_momentum, max(dilation, 1),
+      x = MBConv(spec._replace(stride=stride), rate, self.dtype, self.bn_momentum, dilation,
                  name=f"blocks_{i}")(x, train)
     x = _conv(_HEAD, 1, "conv_head", self.dtype)(x)
     x = jax.nn.relu6(_bn(train, "bn1", self.dtype, self.bn_momentum)(x))

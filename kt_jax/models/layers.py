@@ -22,21 +22,23 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
-def output_stride_dilations(strides, output_stride: int, stem_stride: int = 2) -> list[int]:
-  """Per block (of the given strides, after a stem of `stem_stride`): 0 where it keeps its
-  stride, else the dilation of its depthwise conv, run at stride 1. transformers'
-  MobileNetV2Model rule (DeepLab's output_stride): once the stem and blocks reach
-  `output_stride`, each later block runs at stride 1 with the current dilation and multiplies
-  the dilation of the blocks after it by its own stride. Weights are unchanged."""
+def output_stride_blocks(strides, output_stride: int,
+                         stem_stride: int = 2) -> list[tuple[int, int]]:
+  """(stride, depthwise dilation) of each block (of the given strides, after a stem of
+  `stem_stride`) for a network of `output_stride`. transformers' MobileNetV2Model rule
+  (DeepLab's output_stride): once the stem and blocks reach `output_stride`, each later block
+  runs at stride 1 with the current dilation and multiplies the dilation of the blocks after
+  it by its own stride. At 32 every block keeps its stride and dilation 1. Weights are
+  unchanged."""
   if output_stride not in (8, 16, 32):
     raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}.")
   current, dilation, out = stem_stride, 1, []
   for stride in strides:
     if current == output_stride:
-      out.append(dilation)
+      out.append((1, dilation))
       dilation *= stride
     else:
-      out.append(0)
+      out.append((stride, 1))
       current *= stride
   return out
 

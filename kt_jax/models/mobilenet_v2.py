@@ -110,12 +110,11 @@ class MobileNetV2(nn.Module):
     x = ConvBNReLU6(make_divisible(_STEM * self.width_multiplier), 3, 2, dtype=self.dtype,
                     name="features_0")(x.astype(self.dtype), train)
     specs = block_specs(self.width_multiplier)
-    for i, ((cin, cout, stride, expand), dilation) in enumerate(
-        zip(specs, layers.output_stride_dilations([sp[2] for sp in specs], self.output_stride)),
-        start=1):
-      stride = stride if dilation == 0 else 1
-      x = InvertedResidual(cin, cout, stride, expand, dtype=self.dtype,
-                           dilation=max(dilation, 1), name=f"features_{i}")(x, train)
+    blocks = layers.output_stride_blocks([sp[2] for sp in specs], self.output_stride)
+    for i, ((cin, cout, _, expand), (stride, dilation)) in enumerate(zip(specs, blocks),
+                                                                      start=1):
+      x = InvertedResidual(cin, cout, stride, expand, dtype=self.dtype, dilation=dilation,
+                           name=f"features_{i}")(x, train)
     head = make_divisible(_HEAD * max(1.0, self.width_multiplier))
     x = ConvBNReLU6(head, 1, dtype=self.dtype, name=f"features_{len(specs) + 1}")(x, train)
     return self._outputs(x, train)
