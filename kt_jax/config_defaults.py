@@ -270,11 +270,18 @@ def finetune_config() -> ml_collections.ConfigDict:
   c.backbone = ml_collections.ConfigDict({"path": "", "name": "", "keep_head": True,
                                           "overrides": ml_collections.ConfigDict()})
   # feature: x_norm_clstoken (the pooled feature for CNNs) or cls+mean_patch; hidden: a 3x3
-  # conv of this width before a segmentation head's linear layer (0: linear only).
-  c.head = ml_collections.ConfigDict({"feature": "x_norm_clstoken", "hidden": 0})
+  # conv of this width before a segmentation head's linear layer (0: linear only);
+  # skip_stride: a segmentation head that also reads the CNN's finer map at this stride
+  # (4, 8, ...; DeepLabv3+'s decoder, needs hidden; 0: the final map only; see
+  # models/classifier.Segmenter).
+  c.head = ml_collections.ConfigDict({"feature": "x_norm_clstoken", "hidden": 0,
+                                      "skip_stride": 0})
   c.finetune = ml_collections.ConfigDict({
       "mode": "full",              # full | linear_probe | lp_ft
       "label_smoothing": 0.0,
+      # segmentation: none | median_frequency (per-class loss weights from the labelled
+      # masks' pixel frequencies, Eigen & Fergus 2015)
+      "class_weights": "none",
       "probe_steps": 0,            # lp_ft: steps of the linear-probe phase (in <workdir>/probe)
       "probe_lr": 1e-2})           # lp_ft: its learning rate
   c.data = ml_collections.ConfigDict()
@@ -300,6 +307,10 @@ def finetune_config() -> ml_collections.ConfigDict:
   c.eval = eval_config()            # the one eval schema; finetune reads eval.batch_size and
   c.eval.tasks = ()                # scores its own val/test splits (no kNN/probe tasks)
   c.eval.batch_size = 64
+  # Segmentation: masks scored at mask_size x mask_size, the logits bilinearly upsampled to it,
+  # so that models at different input sizes are scored on the same labels (0: at the input
+  # size).
+  c.eval.mask_size = 0
   # Report row (kt_jax/eval/report.py): dir relative to the workdir ("." itself, ".." a
   # pipeline's root; "" writes none); method/teacher/student/transfer_set label the row.
   c.report = ml_collections.ConfigDict({"dir": ".", "method": "", "teacher": "", "student": "",

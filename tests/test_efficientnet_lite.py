@@ -182,3 +182,23 @@ def test_output_stride_matches_the_dilated_reference(lite0, output_stride):
   assert ours["feature_map"].shape == (2, 64 // output_stride, 48 // output_stride, 1280)
   diffs = max_rel_diff(ours, ref)
   assert all(d < 1e-4 for d in diffs.values()), diffs
+
+
+def test_pyramid_maps_match_the_reference_blocks(lite0):
+  """`stride_<s>`: the output of the last block at each stride (a segmentation decoder's skip
+  input), equal to the package's own blocks' outputs, captured with forward hooks."""
+  module, variables = lite0
+  x = np.random.RandomState(3).randn(1, 64, 96, 3).astype(np.float32)
+  ours = jax.jit(module.apply)(variables, x)
+  reference = torch_reference("efficientnet_lite0", dynamic_padding=True)
+  captured, current = {}, 2
+  for block in reference._blocks:  # pylint: disable=protected-access
+    current *= block._depthwise_conv.stride[0]  # pylint: disable=protected-access
+    block.register_forward_hook(
+        lambda _m, _i, out, s=current: captured.__setitem__(s, out.permute(0, 2, 3, 1).numpy()))
+  torch_outputs(reference, x)
+  assert sorted(captured) == [2, 4, 8, 16, 32]
+  for stride, want in captured.items():
+    got = np.asarray(ours[f"stride_{stride}"])
+    assert got.shape == want.shape == (1, 64 // stride, 96 // stride, want.shape[-1])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

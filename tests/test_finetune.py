@@ -218,6 +218,35 @@ def test_pixel_cross_entropy_skips_the_ignore_label():
   assert int(count) == keep.sum()
 
 
+def test_class_weighted_pixel_cross_entropy_matches_torch():
+  """`class_weights` as PyTorch's cross_entropy(weight=, ignore_index=): each pixel weighted
+  by its class's weight, the mean over the weights of the pixels scored."""
+  import torch
+  import torch.nn.functional as F
+  r = np.random.RandomState(2)
+  logits = r.randn(2, 5, 6, 4).astype(np.float32)
+  mask = r.randint(0, 4, (2, 5, 6))
+  mask[1, :3] = 255
+  weights = (0.2, 3.0, 1.5, 0.7)
+  loss, _ = supervised.pixel_cross_entropy(logits, mask, class_weights=weights)
+  want = F.cross_entropy(torch.from_numpy(logits).permute(0, 3, 1, 2), torch.from_numpy(mask),
+                         weight=torch.tensor(weights), ignore_index=255)
+  np.testing.assert_allclose(float(loss), float(want), rtol=1e-5)
+
+
+def test_median_frequency_weights_and_pixel_counts():
+  masks = np.zeros((2, 4, 4), np.uint8)  # class 0: 20 pixels, 1: 6, 2: 2, 255: 4 ignored
+  masks[0, 0, :] = 1
+  masks[1, 0, :2] = 1
+  masks[1, 1, :2] = 2
+  masks[1, 3, :] = 255
+  source = fewshot.InMemorySegmentationSource(np.zeros((2, 4, 4, 3), np.uint8), masks, [0, 1])
+  counts = finetune.pixel_counts(source, 4, 255)
+  np.testing.assert_array_equal(counts, [20, 6, 2, 0])
+  weights = supervised.median_frequency_weights(counts)
+  np.testing.assert_allclose(weights, [6 / 20, 1.0, 3.0, 1.0])  # median frequency 6/28
+
+
 def test_segmentation_head_on_a_model_without_spatial_output_is_an_error():
   import flax.linen as nn
 

@@ -206,3 +206,21 @@ def test_output_stride_matches_transformers_dilated_mobilenet_v2(state_dict, out
   np.testing.assert_allclose(ours["feature_map"], theirs, rtol=1e-4, atol=1e-4)
   with pytest.raises(ValueError, match="output_stride must be 8, 16 or 32"):
     module.clone(output_stride=4).apply(variables, jnp.asarray(x))
+
+
+def test_pyramid_maps_match_torchvision_stage_outputs(flax_model, torch_model):
+  """`stride_<s>`: the last block's output at each stride, what a segmentation decoder's skip
+  connection reads; torchvision's features[3], [6], [13], [17] are the last blocks at strides
+  4, 8, 16 and 32 (before the final 1x1 conv)."""
+  _, variables, apply = flax_model
+  x = np.random.RandomState(2).randn(1, 64, 96, 3).astype(np.float32)
+  ours = apply(variables, x)
+  with torch.no_grad():
+    h, maps = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), {}
+    for i, layer in enumerate(torch_model.features):
+      h = layer(h)
+      maps[i] = h.permute(0, 2, 3, 1).numpy()
+  for stride, index in ((4, 3), (8, 6), (16, 13), (32, 17)):
+    got = np.asarray(ours[f"stride_{stride}"])
+    assert got.shape == (1, 64 // stride, 96 // stride, maps[index].shape[-1])
+    np.testing.assert_allclose(got, maps[index], rtol=1e-4, atol=1e-4)

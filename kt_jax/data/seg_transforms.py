@@ -23,7 +23,7 @@ def _resize_pair(image, mask, out_hw, interpolation: str):
   return image, mask
 
 
-def _mask_of(record) -> np.ndarray:
+def mask_of(record) -> np.ndarray:
   mask = np.asarray(record["mask"])
   if mask.dtype != np.uint8:
     if mask.min(initial=0) < 0 or mask.max(initial=0) > 255:
@@ -43,7 +43,7 @@ class JointRandomResizedCrop(grain.transforms.RandomMap):
   def random_map(self, record, rng: np.random.Generator):
     if record.get("image") is None:
       return record
-    image, mask = record["image"], _mask_of(record)
+    image, mask = record["image"], mask_of(record)
     top, left, h, w = T.random_resized_crop_box(image.shape[0], image.shape[1], self.scale,
                                                 self.ratio, rng)
     image, mask = _resize_pair(image[top:top + h, left:left + w], mask[top:top + h, left:left + w],
@@ -58,21 +58,25 @@ class JointHorizontalFlip(grain.transforms.RandomMap):
   def random_map(self, record, rng: np.random.Generator):
     if record.get("image") is None or rng.random() >= self.p:
       return record
-    return {**record, "image": record["image"][:, ::-1], "mask": _mask_of(record)[:, ::-1]}
+    return {**record, "image": record["image"][:, ::-1], "mask": mask_of(record)[:, ::-1]}
 
 
 @dataclasses.dataclass(frozen=True)
 class JointResize(grain.transforms.Map):
-  """Evaluation: the whole image and its mask resized to `size` x `size` (no crop, so every
-  labelled pixel is scored)."""
+  """Evaluation: the whole image resized to `size` x `size` and its mask to `mask_size` x
+  `mask_size` (0: `size`); no crop, so every labelled pixel is scored."""
   size: int
   interpolation: str = "bicubic"
+  mask_size: int = 0
 
   def map(self, record):
     if record.get("image") is None:
       return record
-    image, mask = _resize_pair(record["image"], _mask_of(record), (self.size, self.size),
+    image, mask = _resize_pair(record["image"], mask_of(record), (self.size, self.size),
                                self.interpolation)
+    if self.mask_size and self.mask_size != self.size:
+      _, mask = _resize_pair(record["image"], mask_of(record),
+                             (self.mask_size, self.mask_size), self.interpolation)
     return {**record, "image": image, "mask": mask}
 
 
@@ -85,5 +89,6 @@ def train_transforms(image_size: int, scale=(0.5, 1.0), hflip: float = 0.5,
 
 
 def eval_transforms(image_size: int, mean=T.IMAGENET_DEFAULT_MEAN,
-                    std=T.IMAGENET_DEFAULT_STD) -> list:
-  return [T.Decode(), JointResize(image_size), T.Normalize(mean, std)]
+                    std=T.IMAGENET_DEFAULT_STD, mask_size: int = 0) -> list:
+  """`mask_size`: the masks' side (0: `image_size`); the model's logits are upsampled to it."""
+  return [T.Decode(), JointResize(image_size, mask_size=mask_size), T.Normalize(mean, std)]

@@ -5,7 +5,8 @@ and the small model (student). `Classifier` puts a linear head on one named back
 (the normalised class token by default, the pooled feature for CNNs, whose dict uses the same
 key; or "cls+mean_patch", the class token concatenated with the mean patch token, DINOv2's
 linear-probe input). `Segmenter` puts a light head on the spatial output (a CNN's final
-feature map, a ViT's patch-token grid) and upsamples its logits to the input's pixels.
+feature map, a ViT's patch-token grid; optionally with a skip connection from a CNN's finer
+map) and upsamples its logits to the input's pixels.
 Params: {"backbone": ..., "head": ...}; the backbone's own outputs are passed through beside
 "logits" so evaluators can still read its features.
 
@@ -18,6 +19,8 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from kt_jax.models import layers
 
 CLS_MEAN_PATCH = "cls+mean_patch"
 
@@ -63,14 +66,27 @@ class Classifier(nn.Module):
 
 
 class Segmenter(nn.Module):
-  """A light segmentation head: [3x3 conv + ReLU when `hidden` > 0] + a 1x1 linear layer on
-  the backbone's spatial features, logits bilinearly upsampled to the input size (the
-  "linear" head of DINOv2's segmentation evaluation, optionally one conv deeper).
-  `logits`: (B, H, W, num_classes) float32."""
+  """A light segmentation head on the backbone's spatial features, its logits bilinearly
+  upsampled to the input size. `logits`: (B, H, W, num_classes) float32.
+
+  - `skip_stride` 0: [3x3 conv + ReLU when `hidden` > 0] + a 1x1 linear layer on the final map
+    (the "linear" head of DINOv2's segmentation evaluation, optionally one conv deeper).
+  - `skip_stride` s (4, 8, ...): DeepLabv3+'s decoder (Chen et al. 2018), without ASPP. The
+    final map, projected to `hidden` channels, is upsampled to the backbone's finer map at
+    stride s (`layers.stride_key`), projected to `hidden` // 2 channels; both are concatenated,
+    and a 3x3 conv + ReLU and the linear layer follow. Why: a stride-32 CNN sees a 64 px
+    image as 2x2 features, too coarse for thin digit strokes
+    (benchmarks/digit_seg_grid_oracle.py); dilating its last stages to stride 8 costs 6.5x
+    the FLOPs, the skip connection almost nothing. DeepLabv3+ projects the low-level map to
+    48 channels beside a 256-wide decoder and puts BatchNorm after each conv; here the
+    projection is half the decoder's width, and there is no BatchNorm, so that the head has
+    no batch statistics.
+  """
   backbone: nn.Module
   num_classes: int
   hidden: int = 0
   frozen_backbone: bool = False
+  skip_stride: int = 0
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -80,7 +96,9 @@ class Segmenter(nn.Module):
     if grid is None:
       raise ValueError(f"{type(self.backbone).__name__} has no spatial output (feature_map or "
                        "x_norm_patchtokens): a segmentation head needs one.")
-    if self.frozen_backbone:
+    if self.skip_stride:
+      grid = self._skip_decoder_input(out, grid, dtype)
+    if self.frozen_backbone and not self.skip_stride:
       grid = jax.lax.stop_gradient(grid)
     if self.hidden:
       grid = nn.relu(nn.Conv(self.hidden, (3, 3), dtype=dtype, name="head_hidden")(grid))
@@ -88,3 +106,18 @@ class Segmenter(nn.Module):
     b, h, w = x.shape[:3]
     out["logits"] = jax.image.resize(logits, (b, h, w, self.num_classes), "bilinear")
     return out
+
+  def _skip_decoder_input(self, out: dict, grid, dtype):
+    """The final map, projected and upsampled, concatenated with the projected finer map."""
+    key = layers.stride_key(self.skip_stride)
+    if key not in out or self.hidden < 2:
+      raise ValueError(f"skip_stride={self.skip_stride} needs a backbone with a {key} feature "
+                       f"map (CNNs; found {sorted(k for k in out if k.startswith('stride_'))}) "
+                       f"and hidden >= 2 (got {self.hidden}).")
+    fine = out[key]
+    if self.frozen_backbone:
+      grid, fine = jax.lax.stop_gradient(grid), jax.lax.stop_gradient(fine)
+    coarse = nn.relu(nn.Dense(self.hidden, dtype=dtype, name="head_project")(grid))
+    fine = nn.relu(nn.Dense(self.hidden // 2, dtype=dtype, name="head_skip")(fine))
+    coarse = jax.image.resize(coarse, (*fine.shape[:3], self.hidden), "bilinear")
+    return jnp.concatenate([coarse.astype(fine.dtype), fine], axis=-1)

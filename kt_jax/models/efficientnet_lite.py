@@ -125,17 +125,20 @@ class EfficientNetLite(nn.Module):
     x = jax.nn.relu6(_bn(train, "bn0", self.dtype, self.bn_momentum)(x))
     specs = block_specs(self.width_multiplier, self.depth_multiplier)
     blocks = layers.output_stride_blocks([s.stride for s in specs], self.output_stride)
+    current, pyramid = 2, {}
     for i, (spec, (stride, dilation)) in enumerate(zip(specs, blocks)):
       # Linearly deeper blocks are dropped more often, as in the reference.
       rate = self.drop_connect_rate * i / len(specs)
       x = MBConv(spec._replace(stride=stride), rate, self.dtype, self.bn_momentum, dilation,
                  name=f"blocks_{i}")(x, train)
+      current *= stride
+      pyramid[layers.stride_key(current)] = x
     x = _conv(_HEAD, 1, "conv_head", self.dtype)(x)
     x = jax.nn.relu6(_bn(train, "bn1", self.dtype, self.bn_momentum)(x))
-    return self._outputs(x, train)
+    return self._outputs(x, train, pyramid)
 
-  def _outputs(self, feature_map, train: bool):
-    out = layers.feature_map_outputs(feature_map)
+  def _outputs(self, feature_map, train: bool, pyramid: dict):
+    out = layers.feature_map_outputs(feature_map, pyramid)
     if self.num_classes > 0:
       pooled = nn.Dropout(self.dropout_rate)(out["x_norm_clstoken"], deterministic=not train)
       out["logits"] = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(pooled)

@@ -100,12 +100,20 @@ def _shifted_depthwise(x, kernel, stride, pads, dilation: int = 1):
   return acc
 
 
-def feature_map_outputs(feature_map) -> dict:
+def stride_key(stride: int) -> str:
+  """The output name of a CNN's feature map at `stride` (input pixels per feature)."""
+  return f"stride_{stride}"
+
+
+def feature_map_outputs(feature_map, pyramid: dict | None = None) -> dict:
   """A CNN's final feature map under DINOv2's names, so CNNs plug into the same losses and
   evaluators as ViTs: the global-average-pooled feature plays the class token and the map,
-  flattened row-major, the patch tokens (no extra norm is applied)."""
+  flattened row-major, the patch tokens (no extra norm is applied). `pyramid`: the earlier,
+  finer maps by `stride_key` (the last block's output at each stride), what a decoder with a
+  skip connection reads (models/classifier.Segmenter)."""
   b, h, w, c = feature_map.shape
-  return {"x_norm_clstoken": feature_map.mean(axis=(1, 2)),
+  return {**(pyramid or {}),
+          "x_norm_clstoken": feature_map.mean(axis=(1, 2)),
           "x_norm_patchtokens": feature_map.reshape(b, h * w, c),
           "feature_map": feature_map}
 

@@ -111,16 +111,19 @@ class MobileNetV2(nn.Module):
                     name="features_0")(x.astype(self.dtype), train)
     specs = block_specs(self.width_multiplier)
     blocks = layers.output_stride_blocks([sp[2] for sp in specs], self.output_stride)
+    current, pyramid = 2, {}
     for i, ((cin, cout, _, expand), (stride, dilation)) in enumerate(zip(specs, blocks),
                                                                       start=1):
       x = InvertedResidual(cin, cout, stride, expand, dtype=self.dtype, dilation=dilation,
                            name=f"features_{i}")(x, train)
+      current *= stride
+      pyramid[layers.stride_key(current)] = x
     head = make_divisible(_HEAD * max(1.0, self.width_multiplier))
     x = ConvBNReLU6(head, 1, dtype=self.dtype, name=f"features_{len(specs) + 1}")(x, train)
-    return self._outputs(x, train)
+    return self._outputs(x, train, pyramid)
 
-  def _outputs(self, feature_map, train: bool):
-    out = layers.feature_map_outputs(feature_map)
+  def _outputs(self, feature_map, train: bool, pyramid: dict):
+    out = layers.feature_map_outputs(feature_map, pyramid)
     if self.num_classes > 0:
       pooled = nn.Dropout(self.dropout_rate)(out["x_norm_clstoken"], deterministic=not train)
       out["logits"] = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(pooled)

@@ -101,14 +101,17 @@ class ResNet(nn.Module):
     x = nn.relu(norm(name="bn1")(x))
     x = layers.max_pool(x, 3, 2, 1)
     block_cls = BLOCKS[self.block]
+    current, pyramid = 4, {}
     for i, depth in enumerate(self.stage_sizes):
       for j in range(depth):
         stride = 2 if i > 0 and j == 0 else 1
         x = block_cls(self.width * 2**i, stride, norm, self.dtype, name=f"layer{i + 1}_{j}")(x)
-    return self._outputs(x.astype(jnp.float32))
+        current *= stride
+      pyramid[layers.stride_key(current)] = x.astype(jnp.float32)
+    return self._outputs(x.astype(jnp.float32), pyramid)
 
-  def _outputs(self, feature_map):
-    out = layers.feature_map_outputs(feature_map)
+  def _outputs(self, feature_map, pyramid: dict):
+    out = layers.feature_map_outputs(feature_map, pyramid)
     if self.num_classes > 0:
       logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(out["x_norm_clstoken"])
       out["logits"] = logits.astype(jnp.float32)

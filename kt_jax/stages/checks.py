@@ -152,9 +152,10 @@ def check_model_source(section, key: str) -> None:
     raise UserError(f"Set the dtype with --config.compute_dtype, not {key}.overrides.dtype.")
 
 
-def check_spatial(backbone, size: int, what: str) -> None:
+def check_spatial(backbone, size: int, what: str, head=None) -> None:
   """UserError unless `backbone` (a flax module) has a spatial output a segmentation head can
-  read (a feature map, or patch tokens); traced for shapes only, no weights or FLOPs."""
+  read (a feature map, or patch tokens) and, for `head.skip_stride`, the finer map its
+  decoder reads; traced for shapes only, no weights or FLOPs."""
   import jax
   import jax.numpy as jnp
   from kt_jax.models.classifier import spatial_features
@@ -169,6 +170,17 @@ def check_spatial(backbone, size: int, what: str) -> None:
   if not found["spatial"]:
     raise UserError(f"A segmentation head needs a backbone with a spatial output (feature_map "
                     f"or patch tokens); {what} returns only {', '.join(found['keys'])}.")
+  skip = head.skip_stride if head is not None else 0
+  if skip:
+    from kt_jax.models import layers
+    if layers.stride_key(skip) not in found["keys"]:
+      finer = [k for k in found["keys"] if k.startswith("stride_")]
+      raise UserError(f"head.skip_stride={skip} reads the backbone's {layers.stride_key(skip)} "
+                      f"feature map, which {what} does not return (it has: "
+                      f"{', '.join(finer) or 'none; only CNNs do'}).")
+    if head.hidden < 2:
+      raise UserError(f"head.skip_stride={skip} needs head.hidden >= 2 (the decoder's width), "
+                      f"got {head.hidden}.")
 
 
 def _get(config, dotted: str):

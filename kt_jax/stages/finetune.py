@@ -51,7 +51,10 @@ def validate(config) -> None:
   checks.check_choice(config.compute_dtype, "compute_dtype", checks.COMPUTE_DTYPES)
   checks.check_choice(config.finetune.mode, "finetune.mode", MODES)
   checks.check_choice(config.head.feature, "head.feature", HEAD_FEATURES)
-  checks.check_non_negative(config, "image_size", "head.hidden", "finetune.label_smoothing")
+  checks.check_non_negative(config, "image_size", "head.hidden", "head.skip_stride",
+                           "eval.mask_size", "finetune.label_smoothing")
+  checks.check_choice(config.finetune.class_weights, "finetune.class_weights",
+                      ("none", MEDIAN_FREQUENCY))
   if not config.finetune.label_smoothing < 1:
     raise UserError("config.finetune.label_smoothing must be in [0, 1).")
   if not config.batch_size > 0:
@@ -91,7 +94,7 @@ def _check_spatial_early(config) -> None:
       module = getattr(module, "backbone", module)
   if module is not None:
     checks.check_spatial(module, image_size(config, _spec_without_loading(config)),
-                         b.name or b.path)
+                         b.name or b.path, config.head)
 
 
 def _spec_without_loading(config) -> InputSpec:
@@ -122,13 +125,35 @@ def build_objective(config, splits=None, backbone: Backbone | None = None
   segmentation = splits.kind == fewshot.SEGMENTATION
   if segmentation:
     checks.check_spatial(backbone.module, spec.image_size,
-                         config.backbone.path or config.backbone.name)
-    model = Segmenter(backbone.module, splits.num_classes, config.head.hidden, frozen)
+                         config.backbone.path or config.backbone.name, config.head)
+    model = Segmenter(backbone.module, splits.num_classes, config.head.hidden, frozen,
+                      config.head.skip_stride)
   else:
     model = Classifier(backbone.module, splits.num_classes, config.head.feature, frozen)
+  weights = None
+  if segmentation and config.finetune.class_weights == MEDIAN_FREQUENCY:
+    weights = supervised.median_frequency_weights(
+        pixel_counts(splits.train, splits.num_classes, splits.ignore_index))
+    logging.info("Class weights (median frequency): %s",
+                 ", ".join(f"{n} {w:.2f}" for n, w in zip(splits.class_names, weights)))
   return supervised.Supervised(model, spec, splits.class_names, segmentation,
                                config.finetune.label_smoothing, frozen, splits.ignore_index,
-                               dtype)
+                               dtype, weights)
+
+
+MEDIAN_FREQUENCY = "median_frequency"
+
+
+def pixel_counts(source, num_classes: int, ignore_index: int) -> np.ndarray:
+  """(num_classes,) labelled pixels of each class over the masks of `source` (at their own
+  size; ignored and out-of-range labels left out)."""
+  from kt_jax.data import seg_transforms
+  counts = np.zeros(num_classes, np.int64)
+  for i in range(len(source)):
+    mask = seg_transforms.mask_of(source[i]).astype(np.int64)
+    mask = mask[(mask != ignore_index) & (mask < num_classes)]
+    counts += np.bincount(mask.reshape(-1), minlength=num_classes)[:num_classes]
+  return counts
 
 
 def init_hooks(backbone: Backbone, objective: supervised.Supervised, keep_head: bool):
@@ -182,7 +207,8 @@ def make_evaluate(config, objective: supervised.Supervised, splits):
   spec, n = objective.data_spec, len(objective.class_names)
   seg = objective.segmentation
   if seg:
-    transforms = seg_transforms.eval_transforms(spec.image_size, spec.mean, spec.std)
+    transforms = seg_transforms.eval_transforms(spec.image_size, spec.mean, spec.std,
+                                                config.eval.mask_size)
   else:
     transforms = pipeline.eval_transforms(spec.image_size, config.data.crop_pct,
                                           mean=spec.mean, std=spec.std)
@@ -190,7 +216,8 @@ def make_evaluate(config, objective: supervised.Supervised, splits):
   batch_size = -(-config.eval.batch_size // divisor) * divisor
 
   def score(params, model_state, batch):
-    pred = objective.predict(params, model_state, batch["image"])
+    pred = objective.predict(params, model_state, batch["image"],
+                             batch["mask"].shape[1:3] if seg else None)
     if seg:
       return {"confusion": segmentation.confusion_matrix(pred, batch["mask"], n,
                                                          objective.ignore_index, batch["valid"])}
@@ -209,8 +236,8 @@ def make_evaluate(config, objective: supervised.Supervised, splits):
                                                  sharding.global_batch(local, mesh)))
       total = out if total is None else jax.tree.map(np.add, total, out)
     if seg:
-      return segmentation.mean_iou(total["confusion"])
-    return float(total["correct"]) / max(float(total["count"]), 1.0)
+      return segmentation.mean_iou(total["confusion"]), total["confusion"]
+    return float(total["correct"]) / max(float(total["count"]), 1.0), None
 
   metric = "miou" if seg else "top1"
 
@@ -218,9 +245,15 @@ def make_evaluate(config, objective: supervised.Supervised, splits):
     scores = {}
     for name, source in (("val", splits.val), ("test", splits.test)):
       if source is not None and len(source):
-        scores[f"{name}/{metric}"] = split_score(source, state.params, state.model_state)
+        scores[f"{name}/{metric}"], confusion = split_score(source, state.params,
+                                                            state.model_state)
+        if confusion is not None:  # the last evaluation's per-class IoU, for the summary
+          iou = segmentation.iou_per_class(confusion)
+          evaluate.iou_per_class[name] = {
+              c: (None if np.isnan(v) else float(v)) for c, v in zip(objective.class_names, iou)}
     logging.info("step %d: %s", step, scores)
     return scores
+  evaluate.iou_per_class = {}
   return evaluate, metric
 
 
@@ -283,6 +316,8 @@ def run(config, workdir: str) -> dict:
              "val_images": len(splits.val_ids), "test_images": len(splits.test),
              "bad_records": stream.bad_records(), "completed": completed,
              "train_images_from": config.data.train_images or splits.name}
+  if evaluate.iou_per_class:
+    summary["iou_per_class"] = evaluate.iou_per_class
   if probe_summary is not None:
     summary["probe"] = {k: probe_summary.get(k) for k in ("val", "test", "metric")}
   if completed and jax.process_index() == 0 and config.report.dir:

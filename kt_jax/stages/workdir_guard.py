@@ -36,6 +36,8 @@ ADDED_KEYS = {
     "optimizer.schedule": "cosine", "optimizer.decay_boundaries": [0.3, 0.6, 0.9],
     "optimizer.decay_factor": 0.1, "data.train_images": "",
     "data.augment.ratio": [3 / 4, 4 / 3], "student.path": "",
+    "head.skip_stride": 0, "eval.mask_size": 0,
+    "finetune.class_weights": "none",
 }
 # Not neutral, though they look it: `data.workers` (the saved data-iterator position depends
 # on the worker count), `total_steps`/`epochs` (the learning-rate schedule), `batch_size`.
