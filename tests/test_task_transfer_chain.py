@@ -81,15 +81,17 @@ def test_chain_variants_change_only_what_they_name():
   assert seg.stages.vfm.data.task == "digit_seg"
 
 
-def test_segmentation_chain_runs_its_cnns_at_a_finer_output_stride():
-  """digit_seg's teacher and every student run with dilated last stages (a 2x2 map cannot
-  segment digit strokes); the MNIST chain keeps the networks as they are."""
+def test_segmentation_chain_gives_every_model_the_skip_decoder():
+  """digit_seg: every finetune (the VFM's and each student row's) puts the skip decoder on its
+  CNN and scores the masks at the task's 64 px, whatever its input size (students run at
+  32 px); distillation students take the teacher's head. The MNIST chain has neither."""
   seg = load(os.path.join(ROOT, "configs", "task_transfer_seg.py")).get_config("")
-  dense = {"output_stride": 8}
-  assert seg.stages.vfm.backbone.overrides.to_dict() == {"bn_momentum": 0.9, **dense}
-  for name in ("td_indomain", "td_generic", "td_indomain_imagenet", "fd_indomain", "fd_generic"):
-    assert seg.stages[name].student.overrides.to_dict() == dense, name
-  for name in ("scratch", "imagenet"):
-    assert seg.stages[name].backbone.overrides.to_dict() == dense, name
-  mnist = _flat(load(os.path.join(ROOT, "configs", "task_transfer_mnist.py")).get_config(""))
-  assert not any("output_stride" in key for key in mnist)
+  finetunes = [n for n in seg.order if seg.stages[n].stage == "finetune"]
+  assert len(finetunes) == 8
+  for name in finetunes:
+    c = seg.stages[name]
+    assert (c.head.hidden, c.head.skip_stride, c.eval.mask_size) == (32, 4, 64), name
+  assert seg.stages.vfm.image_size == 64 and seg.stages.scratch.image_size == 32
+  mnist = load(os.path.join(ROOT, "configs", "task_transfer_mnist.py")).get_config("")
+  assert all(mnist.stages[n].head.skip_stride == 0 and mnist.stages[n].eval.mask_size == 0
+             for n in mnist.order if mnist.stages[n].stage == "finetune")
