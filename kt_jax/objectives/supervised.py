@@ -35,7 +35,8 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0, weights=None):
   if weights is None:
     return jnp.mean(per_item)
   weights = weights.astype(jnp.float32)
-  return jnp.sum(per_item * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+  total = jnp.sum(weights)
+  return jnp.sum(per_item * weights) / jnp.where(total > 0, total, 1.0)
 
 
 def pixel_cross_entropy(logits, mask, label_smoothing: float = 0.0,
