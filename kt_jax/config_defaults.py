@@ -34,6 +34,10 @@ def eval_config(tasks: tuple = ()) -> ml_collections.ConfigDict:
   c.probe = "auto"                 # linear probe: auto (sklearn up to 10k train rows, else the
                                    # on-device optax probe), sklearn or optax
   c.workers = 0                    # grain processes decoding the images of tasks on disk
+  # Segmentation (finetune): masks scored at mask_size x mask_size, the logits bilinearly
+  # upsampled to it, so that models at different input sizes are scored on the same labels
+  # (0: at the input size).
+  c.mask_size = 0
   return c
 
 
@@ -307,10 +311,6 @@ def finetune_config() -> ml_collections.ConfigDict:
   c.eval = eval_config()            # the one eval schema; finetune reads eval.batch_size and
   c.eval.tasks = ()                # scores its own val/test splits (no kNN/probe tasks)
   c.eval.batch_size = 64
-  # Segmentation: masks scored at mask_size x mask_size, the logits bilinearly upsampled to it,
-  # so that models at different input sizes are scored on the same labels (0: at the input
-  # size).
-  c.eval.mask_size = 0
   # Report row (kt_jax/eval/report.py): dir relative to the workdir ("." itself, ".." a
   # pipeline's root; "" writes none); method/teacher/student/transfer_set label the row.
   c.report = ml_collections.ConfigDict({"dir": ".", "method": "", "teacher": "", "student": "",
