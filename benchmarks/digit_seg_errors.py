@@ -40,10 +40,12 @@ def naming_accuracy(pred: np.ndarray, mask: np.ndarray) -> float:
 
 
 def predict(model_dir: str, images: np.ndarray, mask_size: int) -> np.ndarray:
+  """Class ids (N, mask_size, mask_size): the finetune stage's own evaluation transforms and
+  `Supervised.predict`, which upsamples the logits to the masks."""
   import jax
-  import jax.numpy as jnp
   from kt_jax import convert
   from kt_jax.data import seg_transforms
+  from kt_jax.objectives import supervised
   module, variables = convert.load_pretrained(model_dir)
   spec = convert.input_spec(model_dir)
   transforms = seg_transforms.eval_transforms(spec.image_size, spec.mean, spec.std)[1:]
@@ -53,13 +55,10 @@ def predict(model_dir: str, images: np.ndarray, mask_size: int) -> np.ndarray:
     for t in transforms:
       record = t.map(record)
     batch.append(record["image"])
-
-  @jax.jit
-  def labels(x):
-    logits = module.apply(variables, x)["logits"]
-    logits = jax.image.resize(logits, (x.shape[0], mask_size, mask_size, logits.shape[-1]),
-                              "bilinear")
-    return jnp.argmax(logits, -1)
+  objective = supervised.Supervised(module, spec, ds.CLASS_NAMES, segmentation=True)
+  params = {"model": variables["params"]}
+  state = {"model": {k: v for k, v in variables.items() if k != "params"}}
+  labels = jax.jit(lambda x: objective.predict(params, state, x, (mask_size, mask_size)))
   return np.asarray(labels(np.stack(batch)))
 
 

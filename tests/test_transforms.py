@@ -284,3 +284,18 @@ def test_segmentation_transforms_keep_image_and_mask_aligned():
     np.testing.assert_array_equal(out["image"][..., 0], out["mask"].astype(np.uint8) * 40)
   out = seg_transforms.JointResize(16, interpolation="nearest").map(record)
   np.testing.assert_array_equal(out["image"][..., 0], out["mask"] * 40)
+
+
+def test_joint_resize_scores_masks_at_their_own_size():
+  """`mask_size`: the image at the model's size, the mask at another (nearest: each label of a
+  block-constant 8x8 mask, made 48 px, lands on its own 2x2 block at 16 px)."""
+  from kt_jax.data import seg_transforms
+  labels = np.random.default_rng(1).integers(0, 5, (8, 8)).astype(np.uint8)
+  mask = labels.repeat(6, 0).repeat(6, 1)
+  record = {"image": np.stack([mask * 40] * 3, -1), "mask": mask, "id": 0}
+  out = seg_transforms.JointResize(8, interpolation="nearest", mask_size=16).map(record)
+  assert out["image"].shape == (8, 8, 3)
+  np.testing.assert_array_equal(out["image"][..., 0], labels * 40)
+  np.testing.assert_array_equal(out["mask"], labels.repeat(2, 0).repeat(2, 1))
+  same = seg_transforms.JointResize(8, interpolation="nearest").map(record)
+  np.testing.assert_array_equal(same["mask"], labels)

@@ -14,13 +14,20 @@ from PIL import Image
 from kt_jax.data import transforms as T
 
 
-def _resize_pair(image, mask, out_hw, interpolation: str):
+def _resize_image(image, out_hw, interpolation: str):
   out_h, out_w = out_hw
-  image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
+  return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
       (out_w, out_h), T.INTERPOLATIONS[interpolation]))
-  mask = np.asarray(Image.fromarray(np.ascontiguousarray(mask.astype(np.uint8))).resize(
+
+
+def _resize_mask(mask, out_hw):
+  out_h, out_w = out_hw
+  return np.asarray(Image.fromarray(np.ascontiguousarray(mask.astype(np.uint8))).resize(
       (out_w, out_h), Image.Resampling.NEAREST))
-  return image, mask
+
+
+def _resize_pair(image, mask, out_hw, interpolation: str):
+  return _resize_image(image, out_hw, interpolation), _resize_mask(mask, out_hw)
 
 
 def mask_of(record) -> np.ndarray:
@@ -72,11 +79,9 @@ class JointResize(grain.transforms.Map):
   def map(self, record):
     if record.get("image") is None:
       return record
-    image, mask = _resize_pair(record["image"], mask_of(record), (self.size, self.size),
-                               self.interpolation)
-    if self.mask_size and self.mask_size != self.size:
-      _, mask = _resize_pair(record["image"], mask_of(record),
-                             (self.mask_size, self.mask_size), self.interpolation)
+    mask_side = self.mask_size or self.size
+    image = _resize_image(record["image"], (self.size, self.size), self.interpolation)
+    mask = _resize_mask(mask_of(record), (mask_side, mask_side))
     return {**record, "image": image, "mask": mask}
 
 

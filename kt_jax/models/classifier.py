@@ -96,10 +96,10 @@ class Segmenter(nn.Module):
     if grid is None:
       raise ValueError(f"{type(self.backbone).__name__} has no spatial output (feature_map or "
                        "x_norm_patchtokens): a segmentation head needs one.")
+    if self.frozen_backbone:
+      grid = jax.lax.stop_gradient(grid)
     if self.skip_stride:
       grid = self._skip_decoder_input(out, grid, dtype)
-    if self.frozen_backbone and not self.skip_stride:
-      grid = jax.lax.stop_gradient(grid)
     if self.hidden:
       grid = nn.relu(nn.Conv(self.hidden, (3, 3), dtype=dtype, name="head_hidden")(grid))
     logits = nn.Dense(self.num_classes, dtype=dtype, name="head")(grid).astype(jnp.float32)
@@ -114,9 +114,7 @@ class Segmenter(nn.Module):
       raise ValueError(f"skip_stride={self.skip_stride} needs a backbone with a {key} feature "
                        f"map (CNNs; found {sorted(k for k in out if k.startswith('stride_'))}) "
                        f"and hidden >= 2 (got {self.hidden}).")
-    fine = out[key]
-    if self.frozen_backbone:
-      grid, fine = jax.lax.stop_gradient(grid), jax.lax.stop_gradient(fine)
+    fine = jax.lax.stop_gradient(out[key]) if self.frozen_backbone else out[key]
     coarse = nn.relu(nn.Dense(self.hidden, dtype=dtype, name="head_project")(grid))
     fine = nn.relu(nn.Dense(self.hidden // 2, dtype=dtype, name="head_skip")(fine))
     coarse = jax.image.resize(coarse, (*fine.shape[:3], self.hidden), "bilinear")
